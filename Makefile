@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each makes the virtual environment if it is absent, installs, then runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= ../shared/data
+# torch first and pinned: on machines that cap torch, this is the build that is on disk.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: install demo test train-smoke bench
+install: $(VENV)/.installed
+
+demo: install  ## the main job on a small default: the `smoke` search on generated data
+	$(PY) -m tuning.search --space smoke --storage ./experiments --name demo
+
+test: install
+	$(PY) -m pytest -q
+
+train-smoke: install
+	$(PY) -m tuning.train --smoke
+
+bench: install
+	$(PY) -m tuning.bench_loader --data-dir $(DATA_DIR)
+	$(PY) -m heads.bench --classes 100,1000,10000,100000 --dim 512 --batch 256

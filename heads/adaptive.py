@@ -1,0 +1,100 @@
+"""Adaptive softmax (Grave et al. 2017, "Efficient softmax approximation for GPUs").
+
+Classes are ranked by training-set frequency; the `cutoffs[0]` most frequent form the head
+together with one token per tail cluster, and tail cluster i projects the features down by
+div_value**(i+1) before its own softmax. A target in the head costs d*(cutoffs[0]+n_clusters);
+a tail target pays its cluster's projection too. The math is PyTorch's
+`nn.AdaptiveLogSoftmaxWithLoss`, wrapped, so the two agree exactly.
+
+On a balanced dataset such as CIFAR-100 every class is equally frequent: the ranking is
+then the class-id order (a stable sort), which classes land in the cheap head is
+arbitrary, and the saving comes only from the low-rank tails, at some cost in accuracy.
+The head runs in fp32 even under bf16/fp16 autocast (PyTorch issue 44724: its
+index_copy_ fails on mixed dtypes).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads._registry import register_head
+from heads.base import Head, madds
+
+
+def default_cutoffs(num_classes: int) -> list[int]:
+    return sorted({c for c in (round(num_classes * 0.2), round(num_classes * 0.6)) if 0 < c < num_classes})
+
+
+def check_cutoffs(cutoffs: Sequence[int], num_classes: int) -> list[int]:
+    cut = [int(c) for c in cutoffs]
+    if not cut or cut != sorted(set(cut)) or any(c != float(o) for c, o in zip(cut, cutoffs)):
+        raise ValueError(f"cutoffs={list(cutoffs)} must be a non-empty list of strictly increasing integers")
+    if cut[0] <= 0 or cut[-1] >= num_classes:
+        raise ValueError(f"cutoffs={cut} must satisfy 0 < c < num_classes={num_classes}")
+    return cut
+
+
+def frequency_order(class_counts: Sequence[int] | None, num_classes: int) -> np.ndarray:
+    """Class ids from most to least frequent; ties keep class-id order."""
+    if class_counts is None:
+        return np.arange(num_classes)
+    counts = np.asarray(class_counts)
+    if counts.shape != (num_classes,):
+        raise ValueError(f"class_counts has {counts.size} entries, num_classes={num_classes}")
+    return np.argsort(-counts, kind="stable")
+
+
+@register_head(name="adaptive")
+class AdaptiveHead(Head):
+    supports_label_smoothing = False
+
+    def __init__(self, in_features: int, num_classes: int, cutoffs: Sequence[int] | None = None,
+                 div_value: float = 4.0, head_bias: bool = False, class_counts: Sequence[int] | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__(in_features, num_classes, label_smoothing)
+        if div_value <= 0:
+            raise ValueError(f"div_value={div_value} must be > 0")
+        self.cutoffs = check_cutoffs(default_cutoffs(num_classes) if cutoffs is None else cutoffs, num_classes)
+        self.div_value = float(div_value)
+        order = torch.as_tensor(frequency_order(class_counts, num_classes))
+        self.register_buffer("order", order)  # internal rank -> class id
+        self.register_buffer("rank", torch.argsort(order))  # class id -> internal rank
+        self.asm = nn.AdaptiveLogSoftmaxWithLoss(in_features, num_classes, self.cutoffs, self.div_value, head_bias)
+
+    def hparams(self):
+        return {"cutoffs": self.cutoffs, "div_value": self.div_value}
+
+    def _fp32(self, features):
+        return torch.autocast(features.device.type, enabled=False), features.float()
+
+    def loss(self, features, target):
+        ctx, x = self._fp32(features)
+        with ctx:
+            return self.asm(x, self.rank[target]).loss
+
+    def log_prob(self, features):
+        ctx, x = self._fp32(features)
+        with ctx:
+            return self.asm.log_prob(x)[:, self.rank]
+
+    def predict(self, features):
+        ctx, x = self._fp32(features)
+        with ctx:
+            return self.order[self.asm.predict(x)]
+
+    @classmethod
+    def complexity(cls, in_features, num_classes, cutoffs=None, div_value=4.0, **hp):
+        d = in_features
+        cut = check_cutoffs(default_cutoffs(num_classes) if cutoffs is None else cutoffs, num_classes) + [num_classes]
+        head = d * (cut[0] + len(cut) - 1)
+        tails = []  # (share of classes, cost of the cluster's projection + logits)
+        for i in range(len(cut) - 1):
+            hidden, size = int(d // div_value ** (i + 1)), cut[i + 1] - cut[i]
+            tails.append((size / num_classes, d * hidden + hidden * size))
+        expected = head + sum(share * cost for share, cost in tails)
+        return madds(expected, head + sum(cost for _, cost in tails), expected,
+                     f"head d*(c0+n)={head}, tail i d*h_i + h_i*|C_i| with h_i=d/div^(i+1); "
+                     "training and predict: expected over uniform targets")

@@ -1,0 +1,67 @@
+"""The Head contract shared by every output layer.
+
+- `loss(features, target)`: scalar training loss (may touch only part of the classes);
+- `log_prob(features)`: the full normalised (B, C) log-distribution, for metrics;
+- `predict(features)`: (B,) class ids, possibly cheaper than the full distribution;
+- `complexity(in_features, num_classes, **hp)`: forward multiply-adds per example for
+  the training loss, the full log_prob and predict, with the formula as text.
+  Backward costs about twice the forward for every dense layer, so ratios between
+  heads hold for a whole training step too.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Head(nn.Module):
+    supports_label_smoothing = True
+
+    def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0):
+        super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features={in_features} must be >= 1")
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes} must be >= 2")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        if label_smoothing and not self.supports_label_smoothing:
+            raise ValueError(f"label_smoothing={label_smoothing}: head {type(self).__name__} supports only 0")
+        self.in_features, self.num_classes, self.label_smoothing = in_features, num_classes, label_smoothing
+
+    def loss(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(features).argmax(dim=1)
+
+    @classmethod
+    def complexity(cls, in_features: int, num_classes: int, **hp) -> dict:
+        raise NotImplementedError
+
+    def cost(self) -> dict:
+        """complexity() of this instance's own configuration."""
+        return self.complexity(self.in_features, self.num_classes, **self.hparams())
+
+    def hparams(self) -> dict:
+        return {}
+
+
+def madds(train: float, log_prob: float, predict: float, formula: str) -> dict:
+    return {"train_madds": float(train), "log_prob_madds": float(log_prob), "predict_madds": float(predict),
+            "formula": formula}
+
+
+def smoothed_nll(log_p: torch.Tensor, target: torch.Tensor, eps: float, valid: torch.Tensor | None = None):
+    """Per-example cross-entropy with label smoothing eps spread over the `valid` entries of each row."""
+    nll = -log_p.gather(1, target[:, None]).squeeze(1)
+    if not eps:
+        return nll
+    if valid is None:
+        uniform = -log_p.mean(dim=1)
+    else:
+        uniform = -log_p.masked_fill(~valid, 0.0).sum(dim=1) / valid.sum(dim=1)
+    return (1 - eps) * nll + eps * uniform

@@ -1,0 +1,68 @@
+"""Sampled softmax (Jean et al. 2015; Bengio & Senecal 2008), training only.
+
+Each step draws k negative classes (shared by the batch, with replacement) from a
+proposal Q: uniform, or log-uniform (Zipf: Q(c) = log((c+2)/(c+1)) / log(C+1), which
+suits classes ranked by frequency). Logits of the true and sampled classes are
+corrected by -log(k*Q(c)) (expected count), accidental hits (a sample equal to the
+target) are removed, and the loss is cross-entropy over [true, samples]: cost d*(k+1).
+In eval mode, log_prob, predict and loss use the full softmax (d*C).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from heads._registry import register_head
+from heads.base import madds
+from heads.softmax import SoftmaxHead
+
+PROPOSALS = ("uniform", "log_uniform")
+
+
+@register_head(name="sampled")
+class SampledSoftmaxHead(SoftmaxHead):
+    supports_label_smoothing = False
+
+    def __init__(self, in_features: int, num_classes: int, num_sampled: int = 64, proposal: str = "uniform",
+                 label_smoothing: float = 0.0):
+        super().__init__(in_features, num_classes, label_smoothing)
+        if not 1 <= num_sampled < num_classes:
+            raise ValueError(f"num_sampled (k)={num_sampled} must be in [1, num_classes={num_classes})")
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal={proposal!r} is not one of {PROPOSALS}")
+        self.num_sampled, self.proposal = num_sampled, proposal
+
+    def hparams(self):
+        return {"num_sampled": self.num_sampled}
+
+    def _log_q(self, classes: torch.Tensor) -> torch.Tensor:
+        if self.proposal == "uniform":
+            return torch.full(classes.shape, -math.log(self.num_classes), device=classes.device)
+        c = classes.float()
+        return torch.log(torch.log((c + 2) / (c + 1)) / math.log(self.num_classes + 1))
+
+    def sample(self, device) -> torch.Tensor:
+        k, n = self.num_sampled, self.num_classes
+        if self.proposal == "uniform":
+            return torch.randint(0, n, (k,), device=device)
+        u = torch.rand(k, device=device)  # inverse CDF of the log-uniform distribution
+        return (torch.exp(u * math.log(n + 1)).floor().long() - 1).clamp_(0, n - 1)
+
+    def loss(self, features, target):
+        if not self.training:
+            return super().loss(features, target)
+        sampled = self.sample(features.device)
+        log_k = math.log(self.num_sampled)
+        w, b = self.fc.weight, self.fc.bias
+        true_logit = (features * w[target]).sum(1) + b[target] - (log_k + self._log_q(target))
+        neg = features @ w[sampled].t() + b[sampled] - (log_k + self._log_q(sampled))
+        neg = neg.float().masked_fill(sampled[None, :] == target[:, None], float("-inf"))  # accidental hits
+        logits = torch.cat([true_logit.float()[:, None], neg], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(target))
+
+    @classmethod
+    def complexity(cls, in_features, num_classes, num_sampled=64, **hp):
+        d, c = in_features, num_classes
+        return madds(d * (num_sampled + 1), d * c, d * c, f"training d*(k+1) with k={num_sampled}; log_prob, predict d*C")

@@ -1,0 +1,16 @@
+"""EfficientNet-B0 (Tan & Le 2019) from timm, its stem stride set to 1 for 32x32 input.
+
+With the stock stride-2 stem a 32x32 image shrinks to 1x1 after the stages; stride 1
+keeps a 2x2 final map, the usual CIFAR adaptation.
+"""
+import timm
+
+from models._registry import register_model
+
+
+@register_model
+def efficientnet_b0(in_chans=3, img_size=32, drop_rate=0.2, drop_path_rate=0.2):
+    net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=0, in_chans=in_chans,
+                            drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    net.conv_stem.stride = (1, 1)
+    return net

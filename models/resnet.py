@@ -1,0 +1,26 @@
+"""ResNet-18 (He et al. 2016) with the CIFAR stem: 3x3 stride-1 first conv, no max-pool.
+
+torchvision's ResNet with its stem swapped, so the residual blocks are the standard ones.
+"""
+from torch import nn
+from torchvision.models import resnet18 as tv_resnet18
+
+from models._registry import register_model
+
+
+class _Backbone(nn.Module):
+    def __init__(self, net: nn.Module, num_features: int):
+        super().__init__()
+        self.net, self.num_features = net, num_features
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@register_model
+def resnet18(in_chans=3, img_size=32):
+    net = tv_resnet18(weights=None)
+    net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()  # the head is ours
+    return _Backbone(net, 512)

@@ -1,0 +1,23 @@
+"""Vision Transformers (Dosovitskiy et al. 2021) from timm, sized for 32x32 input with 4x4 patches."""
+import timm
+
+from models._registry import register_model
+
+
+def _create_vit(variant: str, in_chans: int, img_size: int, drop_path_rate: float):
+    if img_size % 4:
+        raise ValueError(f"ViT with 4x4 patches needs img_size divisible by 4, got {img_size}")
+    return timm.create_model(variant, pretrained=False, num_classes=0, img_size=img_size, patch_size=4,
+                             in_chans=in_chans, drop_path_rate=drop_path_rate)
+
+
+@register_model
+def vit_tiny(in_chans=3, img_size=32, drop_path_rate=0.1):
+    """ViT-Ti: 12 blocks, width 192, 3 heads; 64 tokens at 32x32."""
+    return _create_vit("vit_tiny_patch16_224", in_chans, img_size, drop_path_rate)
+
+
+@register_model
+def vit_small(in_chans=3, img_size=32, drop_path_rate=0.1):
+    """ViT-S: 12 blocks, width 384, 6 heads."""
+    return _create_vit("vit_small_patch16_224", in_chans, img_size, drop_path_rate)

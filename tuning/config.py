@@ -1,0 +1,121 @@
+"""The trial config: a flat dict validated once, at trial start, into a typed dataclass.
+
+Flat keys become DataFrame columns after a search. Backbone options are the keys
+`model_<option>` and head options `head_<option>`; each is checked against the chosen
+backbone's or head's own signature. An unknown key or an out-of-range value raises
+ValueError naming the key, so a bad trial fails alone and says why.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "cifar100"  # cifar100 | cifar10 | fashion_mnist | imagefolder:PATH
+    arch: str = "cnn_base"  # a name from models.list_models()
+    head: str = "softmax"  # a name from heads.list_heads()
+    epochs: int = 30  # full passes over the training split
+    batch_size: int = 256  # images per optimizer step
+    optimizer: str = "sgd"
+    lr: float = 0.05  # peak learning rate, reached after warmup
+    momentum: float = 0.9  # sgd momentum / rmsprop momentum / adam beta1
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4  # L2 (sgd, adam, rmsprop) or decoupled (adamw)
+    schedule: str = "cosine"  # cosine to 0, step (x step_gamma every step_epochs), constant
+    warmup_epochs: float = 1.0  # linear warmup from 0, in epochs (fractions allowed)
+    step_epochs: int = 10  # step schedule: epochs between decays
+    step_gamma: float = 0.1  # step schedule: multiplicative decay
+    label_smoothing: float = 0.0  # probability mass spread over all classes
+    augment: bool = True  # random crop (pad 4) + horizontal flip, on device
+    val_fraction: float = 0.1  # share of the training set held out for validation
+    train_limit: int | None = None  # keep this many training images (stratified); None = all
+    seed: int = 0  # model init, split, batch order, augmentation
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
+    compile: bool = False  # torch.compile the backbone
+    channels_last: bool = True  # NHWC memory layout (faster convs on GPU)
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # from model_<option> keys
+    head_kwargs: dict[str, Any] = field(default_factory=dict)  # from head_<option> keys
+
+    @classmethod
+    def from_dict(cls, flat: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"model_kwargs", "head_kwargs"}
+        known, model_kw, head_kw = {}, {}, {}
+        for key, value in flat.items():
+            if key in names:
+                known[key] = value
+            elif key.startswith("model_"):
+                model_kw[key[len("model_"):]] = value
+            elif key.startswith("head_"):
+                head_kw[key[len("head_"):]] = value
+            else:
+                raise ValueError(f"unknown config key {key!r}; allowed: {sorted(names)} "
+                                 "plus model_<option> and head_<option>")
+        cfg = cls(**known, model_kwargs=model_kw, head_kwargs=head_kw)
+        cfg.validate()
+        return cfg
+
+    def to_flat(self) -> dict[str, Any]:
+        flat = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model_kwargs", "head_kwargs")}
+        flat.update({f"model_{k}": v for k, v in self.model_kwargs.items()})
+        flat.update({f"head_{k}": v for k, v in self.head_kwargs.items()})
+        return flat
+
+    def validate(self) -> None:
+        import heads
+        import models
+        from tuning.registry import check_kwargs
+
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
+        for key, low in (("epochs", 1), ("batch_size", 1), ("step_epochs", 1)):
+            _check(int(getattr(self, key)) >= low, key, getattr(self, key), f">= {low}")
+        _check(self.lr > 0, "lr", self.lr, "> 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)")
+        _check(0 < self.val_fraction < 1, "val_fraction", self.val_fraction, "in (0, 1)")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, ">= 0")
+        _check(0 < self.step_gamma <= 1, "step_gamma", self.step_gamma, "in (0, 1]")
+        _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
+        _check(self.train_limit is None or self.train_limit >= 1, "train_limit", self.train_limit, ">= 1 or None")
+        check_kwargs(models.model_entry(self.arch), self.model_kwargs, f"model {self.arch!r} (keys model_*)")
+        check_kwargs(heads.head_class(self.head).__init__, self.head_kwargs, f"head {self.head!r} (keys head_*)")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"config key {key!r}={value!r} is out of range: must be {allowed}")
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, value), the value read as a Python literal when it is one."""
+    import ast
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"malformed assignment {text!r}: expected KEY=VALUE")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word such as relu
+    return key.strip(), value
+
+
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's trailing comment, so --help shows units from one source."""
+    import inspect
+
+    helps = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if "#" in rest and name.isidentifier():
+            helps[name] = rest.split("#", 1)[1].strip()
+    return helps

@@ -1,0 +1,256 @@
+"""Datasets as in-memory uint8 arrays (N, C, H, W) with labels, class names and,
+where the dataset has one, a two-level class hierarchy.
+
+Readers take the official on-disk formats (CIFAR python pickles, Fashion-MNIST idx
+files, an ImageFolder tree). Missing official files are downloaded (md5 checked)
+when the network is reachable; offline the error says which files to put where.
+Pickles are read with a restricted unpickler: a crafted file cannot run code.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tuning.registry import Registry
+
+_DATASETS = Registry("dataset")
+register_dataset = _DATASETS.register
+
+# Official archives; used only when the files are missing and the network answers.
+_CIFAR100_URL = ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")
+_CIFAR10_URL = ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
+_FASHION_BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FASHION_FILES = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
+                   "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset's files are absent and could not be downloaded."""
+
+
+@dataclass
+class Dataset:
+    """Train and test images as uint8 (N, C, H, W); labels int64; optional superclasses."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    class_to_group: np.ndarray | None = None  # fine class -> superclass id, (C,)
+    group_names: list[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def img_size(self) -> int:
+        return int(self.x_train.shape[2])
+
+
+@dataclass
+class Split:
+    """Arrays for one run: train, validation (held out of train) and test."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    dataset: Dataset
+
+
+def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> Dataset:
+    """`cifar100`, `cifar10`, `fashion_mnist` or `imagefolder:PATH` (PATH has train/ and test/)."""
+    if name.startswith("imagefolder:"):
+        return _DATASETS.get("imagefolder")(Path(name.split(":", 1)[1]))
+    return _DATASETS.get(name)(Path(data_dir), download=download)
+
+
+def list_datasets() -> list[str]:
+    return [n if n != "imagefolder" else "imagefolder:PATH" for n in _DATASETS.list()]
+
+
+def split_train_val(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
+                    train_limit: int | None = None) -> Split:
+    """Stratified, seeded train/validation split; the test set is passed through untouched.
+
+    `train_limit` keeps a stratified subset of the training part (quick runs).
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
+    idx = np.arange(len(ds.y_train))
+    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=ds.y_train)
+    if train_limit is not None and train_limit < len(tr):
+        tr, _ = train_test_split(tr, train_size=train_limit, random_state=seed, stratify=ds.y_train[tr])
+        n_val = max(int(round(len(tr) * val_fraction / (1 - val_fraction))), ds.num_classes)
+        if n_val < len(va):
+            va, _ = train_test_split(va, train_size=n_val, random_state=seed, stratify=ds.y_train[va])
+    return Split(ds.x_train[np.sort(tr)], ds.y_train[np.sort(tr)], ds.x_train[np.sort(va)],
+                 ds.y_train[np.sort(va)], ds.x_test, ds.y_test, ds)
+
+
+# ---------------------------------------------------------------- restricted unpickling
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Allows only the globals that the official CIFAR pickles reference (numpy arrays)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name}: only numpy arrays are allowed in dataset pickles"
+            )
+        return super().find_class(module, name)
+
+
+def safe_unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return _RestrictedUnpickler(f, encoding="bytes").load()
+
+
+# ---------------------------------------------------------------- downloading
+def _fetch(url: str, md5: str, root: Path, extract: bool) -> None:
+    """Download (and unpack) one official file; any network failure becomes OSError."""
+    from torchvision.datasets.utils import download_and_extract_archive, download_url
+
+    root.mkdir(parents=True, exist_ok=True)
+    if extract:
+        download_and_extract_archive(url, str(root), md5=md5)
+    else:
+        download_url(url, str(root), md5=md5)
+
+
+def _ensure(files: list[Path], what: str, fetch, download: bool) -> None:
+    if all(f.is_file() for f in files):
+        return
+    if download:
+        try:
+            fetch()
+        except Exception as exc:  # offline, DNS, HTTP error, md5 mismatch
+            reason = f"download failed ({type(exc).__name__}: {exc})"
+        else:
+            if all(f.is_file() for f in files):
+                return
+            reason = "download did not produce them"
+    else:
+        reason = "downloading is off"
+    missing = "\n  ".join(str(f) for f in files if not f.is_file())
+    raise DataNotFoundError(f"{what} files are missing and {reason}. Put the official files here:\n  {missing}")
+
+
+# ---------------------------------------------------------------- readers
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    d = safe_unpickle(path)
+    x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    y = np.asarray(d[label_key], dtype=np.int64)
+    coarse = np.asarray(d[b"coarse_labels"], dtype=np.int64) if b"coarse_labels" in d else None
+    return x, y, coarse
+
+
+def _names(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+@register_dataset
+def cifar100(data_dir: Path, download: bool = True) -> Dataset:
+    root = data_dir / "cifar-100-python"
+    files = [root / "train", root / "test", root / "meta"]
+    _ensure(files, "CIFAR-100", lambda: _fetch(*_CIFAR100_URL, data_dir, extract=True), download)
+    x_tr, y_tr, c_tr = _read_cifar_batch(root / "train", b"fine_labels")
+    x_te, y_te, _ = _read_cifar_batch(root / "test", b"fine_labels")
+    meta = safe_unpickle(root / "meta")
+    classes = _names(meta[b"fine_label_names"])
+    # Every fine class sits in exactly one superclass; read the map off the training labels.
+    class_to_group = np.full(len(classes), -1, dtype=np.int64)
+    class_to_group[y_tr] = c_tr
+    return Dataset("cifar100", x_tr, y_tr, x_te, y_te, classes, class_to_group,
+                   _names(meta[b"coarse_label_names"]))
+
+
+@register_dataset
+def cifar10(data_dir: Path, download: bool = True) -> Dataset:
+    root = data_dir / "cifar-10-batches-py"
+    train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
+    _ensure(train_files + [root / "test_batch", root / "batches.meta"], "CIFAR-10",
+            lambda: _fetch(*_CIFAR10_URL, data_dir, extract=True), download)
+    parts = [_read_cifar_batch(f, b"labels") for f in train_files]
+    x_te, y_te, _ = _read_cifar_batch(root / "test_batch", b"labels")
+    classes = _names(safe_unpickle(root / "batches.meta")[b"label_names"])
+    return Dataset("cifar10", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                   x_te, y_te, classes)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzip): magic (0, 0, dtype 0x08 = uint8, ndim), big-endian dims, data."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not a uint8 idx file (magic {raw[:4]!r})")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@register_dataset
+def fashion_mnist(data_dir: Path, download: bool = True) -> Dataset:
+    root = data_dir / "fashion-mnist"
+
+    def fetch():
+        for fname, md5 in _FASHION_FILES.items():
+            _fetch(_FASHION_BASE + fname, md5, root, extract=False)
+
+    _ensure([root / f for f in _FASHION_FILES], "Fashion-MNIST", fetch, download)
+    x_tr = _read_idx(root / "train-images-idx3-ubyte.gz")[:, None]
+    x_te = _read_idx(root / "t10k-images-idx3-ubyte.gz")[:, None]
+    y_tr = _read_idx(root / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    y_te = _read_idx(root / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+    return Dataset("fashion_mnist", x_tr, y_tr, x_te, y_te, list(FASHION_CLASSES))
+
+
+@register_dataset
+def imagefolder(path: Path, img_size: int = 32) -> Dataset:
+    """`PATH/train/<class>/*.png` and `PATH/test/<class>/*`; images resized to img_size."""
+    from torchvision.datasets import ImageFolder
+
+    for part in ("train", "test"):
+        if not (path / part).is_dir():
+            raise DataNotFoundError(f"imagefolder:{path} needs sub-folders train/ and test/ with one folder per class")
+    train, test = ImageFolder(str(path / "train")), ImageFolder(str(path / "test"))
+    if train.classes != test.classes:
+        raise ValueError(f"imagefolder:{path}: train classes {train.classes} differ from test classes {test.classes}")
+
+    def arrays(folder):
+        imgs = [np.asarray(folder.loader(p).convert("RGB").resize((img_size, img_size))) for p, _ in folder.samples]
+        return np.stack(imgs).transpose(0, 3, 1, 2).copy(), np.asarray(folder.targets, dtype=np.int64)
+
+    x_tr, y_tr = arrays(train)
+    x_te, y_te = arrays(test)
+    return Dataset(f"imagefolder:{path}", x_tr, y_tr, x_te, y_te, list(train.classes))

@@ -97,3 +97,12 @@ def test_config_round_trips_through_flat_dict():
     cfg = TrainConfig.from_dict({"head": "adaptive", "head_cutoffs": [20, 60], "model_batch_norm": True})
     assert cfg.head_kwargs == {"cutoffs": [20, 60]} and cfg.model_kwargs == {"batch_norm": True}
     assert TrainConfig.from_dict(cfg.to_flat()) == cfg
+
+
+@pytest.mark.parametrize("head", ["softmax", "hierarchical", "adaptive", "sampled", "gumbel"])
+def test_every_head_trains_through_the_engine(fake_dir, head):
+    cfg = TrainConfig(arch="cnn_base", head=head, epochs=1, batch_size=64)
+    result = engine.fit(cfg, _split(fake_dir))
+    assert result.status == "completed" and math.isfinite(result.last["val_loss"])
+    if head == "hierarchical":  # CIFAR-100's superclasses became the tree
+        assert len(result.run.model.head.groups) == 20

@@ -1,0 +1,234 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import heads
+from heads.hierarchical import HierarchicalHead
+
+
+def _make(name, d, c, **hp):
+    torch.manual_seed(0)
+    hierarchy = np.arange(c) * 10 // c if name == "hierarchical" else None  # 10 groups
+    if name == "sampled":
+        hp.setdefault("num_sampled", min(32, c - 1))
+    return heads.create_head(name, d, c, hierarchy=hierarchy, **hp)
+
+
+@pytest.mark.parametrize("name", heads.list_heads())
+@pytest.mark.parametrize("c", [10, 100, 1000])
+def test_log_prob_normalised_and_gradients_reach_features(name, c):
+    head = _make(name, 16, c)
+    x = torch.randn(32, 16, requires_grad=True)
+    y = torch.randint(0, c, (32,))
+    head.train()
+    head.loss(x, y).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
+    head.eval()
+    with torch.no_grad():
+        lp = head.log_prob(x)
+    assert lp.shape == (32, c)
+    torch.testing.assert_close(lp.exp().sum(1), torch.ones(32), atol=1e-5, rtol=0)
+    assert head.predict(x).shape == (32,)
+
+
+@pytest.mark.parametrize("name", heads.list_heads())
+def test_no_nan_under_bf16_autocast(name):
+    head = _make(name, 16, 100)
+    x = torch.randn(32, 16, requires_grad=True)
+    y = torch.randint(0, 100, (32,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head.loss(x.bfloat16(), y)
+        lp = head.log_prob(x.bfloat16())
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp).all() and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(lp.float().exp().sum(1), torch.ones(32), atol=1e-3, rtol=0)
+
+
+def test_hierarchical_log_prob_equals_brute_force_and_loss_equals_nll():
+    c, groups = 12, [[0, 5, 7], [1, 2], [3, 4, 6, 8, 9, 10, 11]]  # unequal group sizes
+    head = heads.create_head("hierarchical", 8, c, hierarchy=groups)
+    x, y = torch.randn(6, 8), torch.tensor([0, 2, 11, 5, 4, 1])
+    lp = head.log_prob(x)
+    group_lp = F.log_softmax(head.group_fc(x), 1)
+    logits = x @ head.class_weight.t() + head.class_bias
+    for b in range(6):
+        for gi, g in enumerate(groups):
+            within = F.log_softmax(logits[b, g], 0)
+            for j, cls in enumerate(g):
+                assert lp[b, cls].item() == pytest.approx((group_lp[b, gi] + within[j]).item(), abs=1e-5)
+    torch.testing.assert_close(head.loss(x, y), -lp[torch.arange(6), y].mean())
+
+
+def test_hierarchical_greedy_and_exact_predict():
+    head = heads.create_head("hierarchical", 8, 100, hierarchy=np.arange(100) // 5)
+    x = torch.randn(64, 8)
+    exact = head.predict(x, exact=True)
+    assert torch.equal(exact, head.log_prob(x).argmax(1))
+    greedy = head.predict(x)
+    assert torch.equal(head.group_of[greedy], head.group_fc(x).argmax(1))  # greedy stays in the best group
+
+
+def test_hierarchical_balanced_tree_without_dataset_hierarchy():
+    head = heads.create_head("hierarchical", 8, 1000)
+    assert len(head.groups) == 32 and sorted(c for g in head.groups for c in g) == list(range(1000))
+
+
+@pytest.mark.parametrize("hierarchy,message", [
+    ([[0, 1], [2]], r"missing \[3\]"),
+    ([[0, 1], [1, 2, 3]], r"repeated \[1\]"),
+    ([0, 0, 1], r"hierarchy maps 3 classes; num_classes=4"),
+])
+def test_hierarchy_that_misses_or_repeats_a_class(hierarchy, message):
+    with pytest.raises(ValueError, match=message):
+        heads.create_head("hierarchical", 8, 4, hierarchy=hierarchy)
+
+
+def test_adaptive_matches_pytorch_module_with_copied_weights():
+    torch.manual_seed(0)
+    ref = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 100, [20, 60], div_value=2.0)
+    head = heads.create_head("adaptive", 16, 100, cutoffs=[20, 60], div_value=2.0)
+    head.asm.load_state_dict(ref.state_dict())
+    x = torch.randn(16, 16)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 70])  # cluster 2 gets exactly one target
+    torch.testing.assert_close(head.loss(x, y), ref(x, y).loss, rtol=0, atol=0)
+    torch.testing.assert_close(head.log_prob(x), ref.log_prob(x), rtol=0, atol=0)
+    assert torch.equal(head.predict(x), ref.predict(x))
+    one = head.loss(x[15:], y[15:])  # a batch of a single tail target
+    torch.testing.assert_close(one, ref(x[15:], y[15:]).loss)
+
+
+def test_adaptive_orders_classes_by_frequency():
+    counts = np.arange(10)  # class 9 most frequent
+    head = heads.create_head("adaptive", 8, 10, cutoffs=[2], class_counts=counts)
+    assert head.order.tolist() == list(range(9, -1, -1))
+    x = torch.randn(4, 8)
+    lp_internal = head.asm.log_prob(x)
+    torch.testing.assert_close(head.log_prob(x)[:, 9], lp_internal[:, 0])  # class 9 sits in the head
+
+
+@pytest.mark.parametrize("cutoffs,message", [
+    ([60, 20], r"cutoffs=\[60, 20\] must be a non-empty list of strictly increasing integers"),
+    ([20, 20], r"strictly increasing"),
+    ([20, 100], r"cutoffs=\[20, 100\] must satisfy 0 < c < num_classes=100"),
+    ([0, 50], r"0 < c < num_classes"),
+    ([10.5], r"integers"),
+])
+def test_adaptive_cutoffs_validated(cutoffs, message):
+    with pytest.raises(ValueError, match=message):
+        heads.create_head("adaptive", 8, 100, cutoffs=cutoffs)
+
+
+def test_sampled_loss_approaches_full_softmax_as_k_grows():
+    torch.manual_seed(0)
+    c = 100
+    head = heads.create_head("sampled", 16, c, num_sampled=10)
+    x, y = torch.randn(64, 16) * 3, torch.randint(0, c, (64,))
+    full = F.cross_entropy(head.fc(x), y).item()
+    errors = {}
+    for k in (5, 30, c - 1):
+        head.num_sampled = k
+        head.train()
+        errors[k] = abs(np.mean([head.loss(x, y).item() for _ in range(200)]) - full)
+    assert errors[5] > errors[30] > errors[c - 1]
+    assert errors[c - 1] < 0.03 * full, errors
+    head.eval()
+    assert head.loss(x, y).item() == pytest.approx(full)  # eval is the full softmax
+
+
+def test_sampled_removes_accidental_hits():
+    head = heads.create_head("sampled", 4, 3, num_sampled=2)
+    head.sample = lambda device: torch.tensor([1, 1])  # every sample equals the target
+    x = torch.randn(5, 4)
+    assert head.loss(x, torch.full((5,), 1)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gumbel_hard_one_hot_soft_sharpens_with_low_tau():
+    head = heads.create_head("gumbel", 8, 50)
+    x = torch.randn(64, 8)
+    hard = head.sample(x, hard=True)
+    assert torch.equal(hard.detach().sum(1), torch.ones(64)) and set(hard.detach().unique().tolist()) <= {0.0, 1.0}
+    peaks = [head.sample(x, tau=tau, hard=False).max(1).values.mean().item() for tau in (5.0, 1.0, 0.01)]
+    assert peaks[0] < peaks[1] < peaks[2] and peaks[2] > 0.99
+
+
+def test_gumbel_tau_anneals_per_step_to_floor():
+    head = heads.create_head("gumbel", 8, 10, tau=2.0, anneal_rate=0.5, tau_min=0.3)
+    x, y = torch.randn(4, 8), torch.randint(0, 10, (4,))
+    head.train()
+    for _ in range(3):
+        head.loss(x, y)
+    assert head.current_tau().item() == pytest.approx(2.0 * math.exp(-1.5), rel=1e-5)
+    for _ in range(10):
+        head.loss(x, y)
+    assert head.current_tau().item() == pytest.approx(0.3)
+    head.eval()  # evaluation: softmax without noise, deterministic
+    assert head.loss(x, y).item() == head.loss(x, y).item()
+
+
+@pytest.mark.parametrize("name", heads.list_heads())
+def test_every_head_trains_a_linear_classifier_on_separable_data(name):
+    torch.manual_seed(0)
+    c, d = 20, 16
+    centers = torch.randn(c, d) * 4
+    y = torch.randint(0, c, (2000,))
+    x = centers[y] + torch.randn(2000, d)
+    # At d=16 the default div_value=4 leaves the second tail a 1-dim projection; 2 keeps it rank 4.
+    hp = {"sampled": {"num_sampled": 5}, "adaptive": {"div_value": 2.0}}.get(name, {})
+    head = _make(name, d, c, **hp)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    head.train()
+    for _ in range(300):
+        idx = torch.randint(0, 2000, (128,))
+        loss = head.loss(x[idx], y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    with torch.no_grad():
+        assert (head.predict(x) == y).float().mean() > 0.95
+        assert (head.log_prob(x).argmax(1) == y).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("name,hp,message", [
+    ("gumbel", {"tau": 0.0}, r"tau=0.0 and tau_min=0.1 must be > 0"),
+    ("gumbel", {"tau": -1.0}, r"tau=-1.0"),
+    ("sampled", {"num_sampled": 100}, r"num_sampled \(k\)=100 must be in \[1, num_classes=100\)"),
+    ("sampled", {"proposal": "zipf"}, r"proposal='zipf' is not one of"),
+    ("adaptive", {"div_value": 0}, r"div_value=0 must be > 0"),
+    ("adaptive", {"label_smoothing": 0.1}, r"label_smoothing=0.1: head AdaptiveHead supports only 0"),
+    ("hierarchical", {"tree": "deep"}, r"tree='deep' is not one of"),
+    ("softmax", {"tau": 1.0}, r"unknown option\(s\) \['tau'\] for head 'softmax'"),
+])
+def test_bad_head_options_name_the_value(name, hp, message):
+    with pytest.raises(ValueError, match=message):
+        heads.create_head(name, 8, 100, **hp)
+
+
+def test_complexity_formulas():
+    d = 512
+    assert heads.head_complexity("softmax", d, 1000)["train_madds"] == d * 1000
+    hier = heads.head_complexity("hierarchical", d, 10000)  # balanced: 100 groups of 100
+    assert hier["train_madds"] == d * (100 + 100) and hier["log_prob_madds"] == d * (100 + 10000)
+    assert heads.head_complexity("sampled", d, 1000, num_sampled=63)["train_madds"] == d * 64
+    ada = heads.head_complexity("adaptive", d, 100, cutoffs=[20, 60], div_value=4.0)
+    head_cost = d * (20 + 2)
+    tails = [(0.4, d * 128 + 128 * 40), (0.4, d * 32 + 32 * 40)]
+    assert ada["log_prob_madds"] == head_cost + sum(cost for _, cost in tails)
+    assert ada["train_madds"] == pytest.approx(head_cost + sum(s * cost for s, cost in tails))
+    assert HierarchicalHead(8, 100, hierarchy=np.arange(100) // 5).cost()["train_madds"] == 8 * (20 + 5)
+
+
+def test_bench_writes_csv_plot_and_ratios(tmp_path):
+    from heads import bench
+
+    df = bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-run-time", "0.01",
+                     "--out", str(tmp_path)])
+    assert (tmp_path / "heads_bench.csv").stat().st_size > 0 and (tmp_path / "heads_bench.png").stat().st_size > 0
+    assert sorted(df["head"].unique()) == heads.list_heads() and len(df) == 10
+    soft = df[df["head"] == "softmax"]
+    assert (soft.train_speedup == 1.0).all() and (soft.train_speedup_predicted == 1.0).all()
+    hier = df[(df["head"] == "hierarchical") & (df.classes == 50)].iloc[0]
+    assert hier.train_speedup_predicted == pytest.approx(50 / (7 + 50 / 7), rel=0.05)

@@ -1,7 +1,8 @@
 """The trial config: a flat dict validated once, at trial start, into a typed dataclass.
 
 Flat keys become DataFrame columns after a search. Backbone options are the keys
-`model_<option>` and head options `head_<option>`; each is checked against the chosen
+`model_<option>` and head options `head_<option>`; `search_<name>` keys are raw values a
+search space suggested only to derive other keys (e.g. adaptive cutoffs) and are skipped; each is checked against the chosen
 backbone's or head's own signature. An unknown key or an out-of-range value raises
 ValueError naming the key, so a bad trial fails alone and says why.
 """
@@ -49,6 +50,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"model_kwargs", "head_kwargs"}
         known, model_kw, head_kw = {}, {}, {}
         for key, value in flat.items():
+            if key.startswith("search_"):
+                continue  # raw values a search space suggested only to derive other keys
             if key in names:
                 known[key] = value
             elif key.startswith("model_"):

@@ -54,8 +54,9 @@ class DeviceLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.device = torch.device(device)
-        self.images = torch.as_tensor(images).to(self.device)  # uint8 stays uint8: 4x less memory
-        self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
+        # np.require copies only read-only arrays (Ray's object store hands those out); uint8 stays uint8.
+        self.images = torch.from_numpy(np.require(images, requirements="W")).to(self.device)
+        self.labels = torch.as_tensor(np.require(labels, requirements="W"), dtype=torch.long).to(self.device)
         n_ch = self.images.shape[1]
         mean, std = (mean[:1], std[:1]) if n_ch == 1 and len(mean) == 3 else (mean, std)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) / 255

@@ -1,0 +1,180 @@
+"""The search on CPU with real Ray and Optuna, small."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+import search_spaces
+from search_spaces.spaces import ALL_HEADS
+from tuning import search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study(experiment: Path) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(experiment / "optuna.log")))
+    return optuna.load_study(study_name=experiment.name, storage=storage)
+
+
+def _results(experiment: Path) -> dict[str, list[dict]]:
+    """trial folder name -> the results it reported, from Tune's own result.json files."""
+    out = {}
+    for folder in experiment.glob("train_trial_*"):
+        lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").exists() else []
+        out[folder.name] = [json.loads(line) for line in lines]
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_search_end_to_end(tmp_path, capsys):
+    assert search.main(["--space", "smoke", "--storage", str(tmp_path), "--name", "smoke", "--no-dashboard"]) == 0
+    exp = tmp_path / "smoke"
+    spec = json.loads((exp / "spec.json").read_text())
+    assert spec["space"] == "smoke" and spec["versions"]["ray"] and spec["settings"]["num_samples"] == 12
+    assert (exp / "optuna.log").stat().st_size > 0 and list(exp.glob("experiment_state-*.json"))
+    results = _results(exp)
+    assert len(results) == 12
+    epochs = [r[-1]["epoch"] for r in results.values()]
+    assert max(epochs) == 4 and min(epochs) < 4  # some ran to the end, ASHA stopped some
+    states = Counter(t.state.name for t in _study(exp).trials)
+    assert states["PRUNED"] == sum(e < 4 for e in epochs) and states["COMPLETE"] == sum(e == 4 for e in epochs)
+    assert all(t.value is not None for t in _study(exp).trials if t.state.name == "PRUNED")
+    assert any(f.name == "checkpoint_000000" or f.name.startswith("checkpoint_") for f in exp.rglob("checkpoint_*"))
+    assert list(exp.rglob("events.out.tfevents*"))  # TensorBoard curves
+    out = capsys.readouterr().out
+    assert "12 trials, 0 failed" in out and "best trial per (backbone, head)" in out
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
+    argv = [sys.executable, "-m", "tuning.search", "--space", "smoke", "--storage", str(tmp_path), "--name", "r",
+            "--no-dashboard", "--set", "num_samples=10", "--set", "epochs=6", "--set", "grace_period=6"]
+    exp = tmp_path / "r"
+    proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once some trials finished and others have not
+        finished = {k: v for k, v in _results(exp).items() if v and v[-1]["epoch"] == 6} if exp.exists() else {}
+        if len(finished) >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("no trial finished within 240 s")
+    time.sleep(2)  # let Tune snapshot its state after those trials
+    before = {k: len(v) for k, v in _results(exp).items() if v and v[-1]["epoch"] == 6}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(before) < 10, "the search finished before it could be killed"
+    done = subprocess.run(argv + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = _results(exp)
+    assert len(after) == 10 and all(v and v[-1]["epoch"] == 6 for v in after.values())  # none lost
+    assert {k: len(after[k]) for k in before} == before  # finished trials were not run again
+
+
+def _faulty(trial):
+    """A space whose adaptive trials carry impossible cutoffs: those trials must fail alone."""
+    head = trial.suggest_categorical("head", ["softmax", "adaptive"])
+    trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+    return {"head_cutoffs": [500]} if head == "adaptive" else None
+
+
+@pytest.mark.slow
+def test_a_failing_trial_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
+    smoke = search_spaces.get_space("smoke")
+    faulty = search_spaces.Space("faulty", _faulty, smoke.constants, {**smoke.settings, "num_samples": 6,
+                                                                       "max_failures": 0})
+    monkeypatch.setattr(search_spaces, "get_space", lambda name: faulty)
+    code = search.main(["--space", "faulty", "--storage", str(tmp_path), "--name", "f", "--no-dashboard",
+                        "--seed", "1"])
+    results = _results(tmp_path / "f")
+    failed = [k for k, v in results.items() if not v]
+    assert code == 0 and 0 < len(failed) < 6, results.keys()
+    assert all("head=adaptive" in k for k in failed)
+    err = next((tmp_path / "f").glob("train_trial_*head=adaptive*/error.txt")).read_text()
+    assert "cutoffs=[500] must satisfy 0 < c < num_classes=100" in err
+
+
+@pytest.mark.parametrize("name", search_spaces.list_spaces())
+def test_sampled_configs_satisfy_the_constraints(name):
+    from tuning.config import TrainConfig
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = search_spaces.get_space(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))  # explores every branch
+    conditional = {"gumbel": {"head_tau", "head_hard", "head_anneal_rate"},
+                   "adaptive": {"head_cutoffs", "head_div_value"}, "sampled": {"head_num_sampled"},
+                   "hierarchical": {"head_tree"}}
+    seen_heads = set()
+    for i in range(300):
+        trial = study.ask()
+        config = search_spaces.sample_config(space, trial)
+        TrainConfig.from_dict(config)  # every sample is a valid trial config
+        head = config.get("head", "softmax")
+        seen_heads.add(head)
+        present = {k for k in config if k.startswith("head_")}
+        assert present == conditional.get(head, set()), (head, present)
+        if head == "adaptive":
+            cut = config["head_cutoffs"]
+            assert cut == sorted(set(cut)) and 0 < cut[0] and cut[-1] < 100
+        if head == "sampled":
+            assert 1 <= config["head_num_sampled"] < 100
+        study.tell(trial, 0.0)
+    if "head" in space.constants:
+        assert seen_heads == {space.constants["head"]}
+    else:
+        assert seen_heads == set(ALL_HEADS)
+
+
+def test_pruning_aware_searcher_tells_pruned_fail_and_complete():
+    from optuna.trial import TrialState
+
+    from tuning.optuna_pruned import PruningAwareOptunaSearch
+
+    def space(trial):
+        trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+
+    searcher = PruningAwareOptunaSearch(space=space, metric="val_acc", mode="max", max_epochs=4)
+    for trial_id, result in (("a", {"epoch": 2, "training_iteration": 2, "val_acc": 0.3}),
+                             ("b", {"epoch": 4, "training_iteration": 4, "val_acc": 0.5}),
+                             ("c", {"epoch": 1, "training_iteration": 1, "val_acc": 0.0, "diverged": True})):
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, result)
+    trials = searcher._ot_study.trials
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[0].value == 0.3 and trials[1].value == 0.5
+
+
+def test_dry_run_prints_spec_and_configs(capsys, tmp_path):
+    assert search.main(["--space", "vit_heads", "--dry-run", "3", "--storage", str(tmp_path),
+                        "--set", "epochs=10"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("config ") == 3 and '"epochs": 10' in out and '"space": "vit_heads"' in out
+    assert not any(tmp_path.iterdir())  # nothing written, nothing trained
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--space", "nope"], "unknown space 'nope'; valid spaces: all_heads, cnn_heads, effnet_heads"),
+    (["--space", "smoke", "--gpus-per-trial", "0"], "--gpus-per-trial=0.0 must be > 0"),
+    (["--space", "smoke", "--gpus-per-trial", "-1"], "gpus_per_trial=-1.0 must be > 0"),
+    (["--space", "smoke", "--gpus-per-trial", "1000"], "--gpus-per-trial=1000.0 is more than this machine has"),
+    (["--space", "smoke", "--set", "epochs"], "malformed assignment 'epochs': expected KEY=VALUE"),
+    (["--space", "smoke", "--set", "colour=red"], "--set colour='red': unknown key; allowed: search settings"),
+    (["--space", "smoke", "--set", "epochs=0"], "'epochs'=0 is out of range: must be >= 1"),
+    (["--space", "smoke", "--set", "reduction_factor=1"], "reduction_factor=1 must be >= 2"),
+    (["--space", "smoke", "--name", "missing", "--resume"], "--resume: no experiment at"),
+])
+def test_bad_input_exits_2_before_ray_starts(capsys, tmp_path, argv, message):
+    assert search.main(argv + ["--storage", str(tmp_path), "--no-dashboard"]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

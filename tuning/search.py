@@ -1,0 +1,281 @@
+"""`python -m tuning.search --space NAME`: the hyperparameter search over (backbone, head).
+
+    python -m tuning.search --space smoke                       # ~2 min on 2 CPUs, generated data
+    python -m tuning.search --space vit_heads --data-dir /data --gpus-per-trial 0.25
+    python -m tuning.search --space vit_heads --name my-run --resume   # after a crash or Ctrl-C
+    python -m tuning.search --space resnet_heads --address auto --storage /shared/exp   # a Ray cluster
+
+Optuna (TPE, seeded, journal in the experiment folder) proposes configs through a
+ConcurrencyLimiter; ASHA stops weak trials, which reach Optuna as PRUNED; every trial
+gets the dataset from the object store (loaded once by the driver) and checkpoints each
+epoch. Writes spec.json; exits 1 when every trial failed, 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import search_spaces
+from search_spaces._registry import Space, define_by_run, sample_config
+from tuning.config import TrainConfig, parse_assignment
+
+SPEC_FILE, JOURNAL_FILE = "spec.json", "optuna.log"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", required=True, help=f"one of: {', '.join(search_spaces.list_spaces())}")
+    p.add_argument("--num-samples", type=int, help="trials in all (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
+    p.add_argument("--gpus-per-trial", type=float, help="fractional GPUs per trial, e.g. 0.25 = 4 per GPU "
+                   "(default: the space's where GPUs exist, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the space's)")
+    p.add_argument("--storage", default="./experiments", help="experiment root: a path or a URI such as s3://bucket/x")
+    p.add_argument("--name", help="experiment name (default: SPACE-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name after a crash or stop")
+    p.add_argument("--address", help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
+    p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the Ray dashboard (local Ray only)")
+    p.add_argument("--dashboard-host", default="127.0.0.1", help="address the dashboard binds to")
+    p.add_argument("--seed", type=int, default=0, help="seeds the TPE sampler")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a space constant or search setting, e.g. epochs=10 grace_period=3 (repeatable)")
+    p.add_argument("--data-dir", default="data", help="folder with the official dataset files")
+    p.add_argument("--dry-run", type=int, nargs="?", const=5, metavar="N",
+                   help="print the resolved spec and the first N sampled configs (default 5); train nothing")
+    return p
+
+
+# ----------------------------------------------------------------------------- the spec
+def resolve_space(args: argparse.Namespace) -> Space:
+    """The named space with --set and the dedicated flags applied, checked."""
+    overrides = dict(parse_assignment(text) for text in args.overrides)
+    for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    space = search_spaces.get_space(args.space).with_overrides(overrides)
+    check_settings(space.resolved_settings())
+    return space
+
+
+def check_settings(s: dict) -> None:
+    for key in ("num_samples", "max_concurrent", "grace_period", "reduction_factor"):
+        if not isinstance(s[key], int) or s[key] < 1:
+            raise ValueError(f"{key}={s[key]!r} must be an integer >= 1")
+    if s["reduction_factor"] < 2:
+        raise ValueError(f"reduction_factor={s['reduction_factor']} must be >= 2")
+    if s["cpus_per_trial"] <= 0:
+        raise ValueError(f"cpus_per_trial={s['cpus_per_trial']} must be > 0")
+    if s["gpus_per_trial"] < 0:
+        raise ValueError(f"gpus_per_trial={s['gpus_per_trial']} must be > 0 (or omitted for CPU trials)")
+    if s["mode"] not in ("max", "min"):
+        raise ValueError(f"mode={s['mode']!r} must be 'max' or 'min'")
+
+
+def check_gpus(requested: float | None, available: float) -> float:
+    """GPUs per trial: the explicit request must be in (0, available]; otherwise 0 without GPUs."""
+    if requested is None:
+        return 0.0
+    if requested <= 0:
+        raise ValueError(f"--gpus-per-trial={requested} must be > 0")
+    if requested > available:
+        raise ValueError(f"--gpus-per-trial={requested} is more than this machine has ({available:g} GPUs)")
+    return requested
+
+
+def preview_configs(space: Space, n: int, seed: int) -> list[dict]:
+    """The first n configs the seeded sampler proposes, each validated as a trial would be."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    configs = [sample_config(space, study.ask()) for _ in range(n)]
+    for config in configs:
+        TrainConfig.from_dict(config)
+    return configs
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def make_spec(args: argparse.Namespace, space: Space) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "ray", "optuna", "headsweep"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {"space": space.name, "description": space.description, "overrides": args.overrides,
+            "constants": space.constants, "settings": space.resolved_settings(), "seed": args.seed,
+            "data_dir": str(args.data_dir), "argv": sys.argv[1:], "versions": {"python": platform.python_version(),
+                                                                               **versions},
+            "git_sha": _git_sha(), "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# ----------------------------------------------------------------------------- Ray parts
+def load_split(space: Space, data_dir: Path, experiment: Path):
+    from tuning import data
+    from tuning.fake_data import write_cifar100
+
+    c = space.constants
+    if space.resolved_settings()["fake_data"]:
+        data_dir = experiment / "data"
+        if not (data_dir / "cifar-100-python").exists():
+            write_cifar100(data_dir)
+    ds = data.load_dataset(c.get("dataset", "cifar100"), data_dir)
+    defaults = TrainConfig()
+    return data.split_train_val(ds, c.get("val_fraction", defaults.val_fraction), c.get("seed", defaults.seed),
+                                c.get("train_limit"))
+
+
+def make_searcher(space: Space, experiment: Path, seed: int):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search import ConcurrencyLimiter
+
+    from tuning.optuna_pruned import PruningAwareOptunaSearch
+
+    s = space.resolved_settings()
+    storage = JournalStorage(JournalFileBackend(str(experiment / JOURNAL_FILE)))
+    searcher = PruningAwareOptunaSearch(
+        space=functools.partial(define_by_run, space), metric=s["metric"], mode=s["mode"],
+        sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=experiment.name,
+        max_epochs=int(space.constants.get("epochs", TrainConfig().epochs)))
+    return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
+
+
+def make_tuner(space: Space, split, experiment: Path, storage: str, gpus: float, seed: int):
+    from ray import tune
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tuning.trainable import train_trial
+
+    s = space.resolved_settings()
+    trainable = tune.with_resources(tune.with_parameters(train_trial, split=split),
+                                    {"cpu": s["cpus_per_trial"], "gpu": gpus})
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(space.constants.get("epochs", 30)),
+                              grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+    run_config = tune.RunConfig(
+        name=experiment.name, storage_path=storage, callbacks=[TBXLoggerCallback()],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=s["max_failures"]))
+    tune_config = tune.TuneConfig(search_alg=make_searcher(space, experiment, seed), scheduler=scheduler,
+                                  num_samples=s["num_samples"], metric=s["metric"], mode=s["mode"],
+                                  reuse_actors=True)  # a new trial skips the worker's torch import
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), trainable
+
+
+def summarize(results, metric: str, mode: str):
+    """Best trial per (arch, head): its best epoch's metric, the epochs it ran, its config."""
+    df = results.get_dataframe(filter_metric=metric, filter_mode=mode)
+    if df.empty or metric not in df:
+        return df
+    ran = {r.metrics.get("trial_id"): r.metrics.get("training_iteration") for r in results if r.metrics}
+    df["epochs_run"] = df["trial_id"].map(ran)
+    best = df.sort_values(metric, ascending=(mode == "min")).groupby(["config/arch", "config/head"]).head(1)
+    config_cols = [c for c in best.columns if c.startswith("config/") and c not in ("config/arch", "config/head")]
+    return best[["config/arch", "config/head", metric, "epochs_run", "trial_id"] + config_cols]
+
+
+def run_search(args: argparse.Namespace) -> int:
+    space = resolve_space(args)
+    experiment_name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    is_uri = "://" in args.storage
+    storage = args.storage if is_uri else str(Path(args.storage).resolve())
+    experiment = Path(storage) / experiment_name if not is_uri else Path(experiment_name)
+    if args.dry_run is not None:
+        print(json.dumps({**make_spec(args, space), "experiment": str(experiment)}, indent=2, default=str))
+        for i, config in enumerate(preview_configs(space, args.dry_run, args.seed)):
+            print(f"config {i}: {json.dumps(config, default=str)}")
+        return 0
+    preview_configs(space, 1, args.seed)  # bad --set values fail here, before Ray starts
+    if args.resume and not experiment.exists():
+        raise ValueError(f"--resume: no experiment at {experiment}; give the --name of an existing one")
+    if not args.resume and experiment.exists():
+        raise ValueError(f"experiment {experiment} exists: pass --resume to continue it or choose another --name")
+    if not args.address:
+        check_gpus(args.gpus_per_trial, _local_gpus())  # fail fast, before Ray starts
+    experiment.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (experiment / SPEC_FILE).write_text(json.dumps(make_spec(args, space), indent=2, default=str))
+    return _run_with_ray(args, space, experiment, storage)
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _run_with_ray(args, space: Space, experiment: Path, storage: str) -> int:
+    import ray
+    from ray import tune
+
+    context = ray.init(address=args.address, include_dashboard=args.dashboard if not args.address else None,
+                       dashboard_host=args.dashboard_host, ignore_reinit_error=True, log_to_driver=True)
+    try:
+        available = ray.cluster_resources().get("GPU", 0.0)
+        gpus = check_gpus(args.gpus_per_trial, available)
+        if args.gpus_per_trial is None and available:
+            gpus = space.resolved_settings()["gpus_per_trial"]
+        if getattr(context, "dashboard_url", None):
+            print(f"Ray dashboard: http://{context.dashboard_url}")
+        print(f"experiment: {experiment}\noptuna-dashboard {experiment / JOURNAL_FILE}\n"
+              f"tensorboard --logdir {experiment}", flush=True)
+        split = load_split(space, Path(args.data_dir), experiment)
+        tuner, trainable = make_tuner(space, split, experiment, storage, gpus, args.seed)
+        if args.resume and tune.Tuner.can_restore(str(experiment)):
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        results = tuner.fit()
+        return report(results, space)
+    finally:
+        ray.shutdown()
+
+
+def report(results, space: Space) -> int:
+    import pandas as pd
+
+    s = space.resolved_settings()
+    n_err = results.num_errors
+    print(f"\n{len(results)} trials, {n_err} failed")
+    best = summarize(results, s["metric"], s["mode"])
+    with pd.option_context("display.max_columns", 30, "display.width", 200):
+        print("best trial per (backbone, head):")
+        print(best.to_string(index=False) if len(best) else "(none)")
+    if len(results) and n_err == len(results):
+        print("every trial failed; first error:", results.errors[0] if results.errors else "?", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_search(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    # A checkpoint every epoch of short smoke trials trips this advisory warning constantly.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    sys.exit(main())

@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: install demo test train-smoke bench
 install: $(VENV)/.installed
 
-demo: install  ## the main job on a small default: the `smoke` search on generated data
+# The main job on a small default: the `smoke` search on generated data, then the retrain of
+# the best config per head (2 seeds) and the report. Replaces the previous experiments/demo.
+demo: install
+	rm -rf experiments/demo
 	$(PY) -m tuning.search --space smoke --storage ./experiments --name demo
+	$(PY) -m analysis.retrain experiments/demo --seeds 2
+	$(PY) -m analysis.report experiments/demo
 
 test: install
 	$(PY) -m pytest -q

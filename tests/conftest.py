@@ -25,3 +25,21 @@ def real_cifar100(real_dir):
     from tuning import data
 
     return data.load_dataset("cifar100", real_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_experiment(tmp_path_factory):
+    """One real `--space smoke` search (Ray + Optuna, ~25 s on 2 CPUs), shared by the tests.
+
+    Returns (experiment folder, exit code, what it printed).
+    """
+    import contextlib
+    import io
+
+    from tuning import search
+
+    storage = tmp_path_factory.mktemp("experiments")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = search.main(["--space", "smoke", "--storage", str(storage), "--name", "smoke", "--no-dashboard"])
+    return storage / "smoke", code, out.getvalue()

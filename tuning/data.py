@@ -12,6 +12,7 @@ import gzip
 import io
 import pickle
 import tarfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,10 @@ class Dataset:
     classes: list[str]
     class_to_group: np.ndarray | None = None  # fine class -> superclass id, (C,)
     group_names: list[str] | None = None
+
+    def metadata(self) -> "Dataset":
+        """A copy without the images (labels and names kept): what a Split carries along."""
+        return dataclasses.replace(self, x_train=self.x_train[:0], x_test=self.x_test[:0])
 
     @property
     def num_classes(self) -> int:
@@ -107,8 +112,13 @@ def split_train_val(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
         n_val = max(int(round(len(tr) * val_fraction / (1 - val_fraction))), ds.num_classes)
         if n_val < len(va):
             va, _ = train_test_split(va, train_size=n_val, random_state=seed, stratify=ds.y_train[va])
-    return Split(ds.x_train[np.sort(tr)], ds.y_train[np.sort(tr)], ds.x_train[np.sort(va)],
-                 ds.y_train[np.sort(va)], ds.x_test, ds.y_test, ds)
+    tr, va = np.sort(tr), np.sort(va)
+    return Split(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va], ds.x_test, ds.y_test, ds.metadata())
+
+
+def full_train_split(ds: Dataset) -> Split:
+    """All training images (train + validation) for a final retrain; no validation part."""
+    return Split(ds.x_train, ds.y_train, ds.x_train[:0], ds.y_train[:0], ds.x_test, ds.y_test, ds.metadata())
 
 
 # ---------------------------------------------------------------- restricted unpickling

@@ -227,12 +227,14 @@ def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], d
         _sync(run.device)
         seconds = time.perf_counter() - start
         run.epoch += 1
-        val = evaluate(run.model, run.val_loader, cfg)
+        # No validation split (retraining on train+val): the test set is evaluated once, elsewhere.
+        val = evaluate(run.model, run.val_loader, cfg) if run.val_loader.num_images else \
+            {"loss": float("nan"), "acc": float("nan"), "top5": float("nan")}
         metrics = {"epoch": run.epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
                    "val_top5": val["top5"], "epoch_time_s": seconds,
                    "images_per_s": len(run.train_loader) * run.train_loader.batch_size / seconds,
                    "lr": run.optimizer.param_groups[0]["lr"]}
-        if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
+        if not math.isfinite(train_loss) or (run.val_loader.num_images and not math.isfinite(val["loss"])):
             result.status = "diverged"
             result.reason = f"non-finite loss at epoch {run.epoch} (train {train_loss}, val {val['loss']})"
             metrics.update(diverged=True, reason=result.reason)
@@ -242,3 +244,41 @@ def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], d
         if result.status == "diverged":
             break
     return result
+
+
+def head_time_share(run: Run, steps: int = 10) -> float:
+    """Share of a training step's time spent in the head (its loss forward + backward).
+
+    Times `steps` full steps (backbone + head + optimizer) and the head alone on the
+    same batches' features, side by side; no optimizer step is applied.
+    """
+    model, cfg = run.model, run.cfg
+    model.train()
+    batches = [b for _, b in zip(range(steps), run.train_loader)]
+
+    def timed(fn) -> float:
+        _sync(run.device)
+        start = time.perf_counter()
+        for x, y in batches:
+            fn(x, y)
+        _sync(run.device)
+        return time.perf_counter() - start
+
+    def full(x, y):
+        with autocast(cfg, run.device):
+            loss = model.head.loss(run.forward(x), y)
+        loss.backward()
+
+    with torch.no_grad(), autocast(cfg, run.device):
+        features = [run.forward(x).detach().requires_grad_() for x, _ in batches]
+    pairs = iter(features)
+
+    def head_only(_x, y):
+        with autocast(cfg, run.device):
+            loss = model.head.loss(next(pairs), y)
+        loss.backward()
+
+    total = timed(full)
+    share = timed(head_only) / total
+    model.zero_grad(set_to_none=True)
+    return share

@@ -1,0 +1,337 @@
+"""`python -m analysis.report EXPERIMENT`: `<experiment>/analysis/report.md` with PNG figures.
+
+Sections: summary (mean +- std over seeds per backbone x head), accuracy against epoch
+time with the Pareto front, learning curves of the best trials, trials surviving each
+ASHA rung, confusion matrices (fine and coarse), parameter importance (Optuna), the
+heads' cost (measured and from complexity()), observations computed from the numbers,
+and provenance. Test-set numbers come from `analysis.retrain` (final.parquet); without
+it the report says so and shows the search alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import analysis
+
+HEAD_NOTES = {
+    "softmax": "one d x C matrix: O(d*C) to train, to normalise and to predict.",
+    "hierarchical": "K groups then the classes of one group: O(d*(K + C/K)) to train and for greedy predict, "
+                    "minimal at K = sqrt(C); the full distribution still needs O(d*(K + C)).",
+    "adaptive": "a full-rank head for frequent classes plus low-rank tail clusters: the head always, a tail "
+                "only for its targets; about O(d*(c0 + n) + sum_i share_i * (d*h_i + h_i*|C_i|)).",
+    "sampled": "the target and k sampled classes in training, O(d*(k+1)); evaluation is the full O(d*C) softmax.",
+    "gumbel": "all C logits plus C Gumbel draws: O(d*C) like softmax; it changes the training signal, not the cost.",
+}
+DATASET_CAVEAT = ("If the data came from headsweep's shared copy (`../shared/data`), its train/test split is "
+                  "not the official CIFAR-100 split (a class-balanced test set drawn with a fixed seed): test "
+                  "accuracies here compare with published ones only approximately.")
+
+
+def _fig_path(out: Path, name: str) -> Path:
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    return out / "figures" / f"{name}.png"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = [format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sections
+def summary(final: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of the headline metrics, per (arch, head)."""
+    ok = final[final["status"] != "error"]
+    cols = ["accuracy", "top5_accuracy", "f1_macro", "ece", "epoch_time_s_mean", "head_time_share"]
+    if "superclass_accuracy" in ok:
+        cols.insert(2, "superclass_accuracy")
+    grouped = ok.groupby(["arch", "head"])[cols]
+    mean, std = grouped.mean(), grouped.std().fillna(0.0)
+    out = pd.DataFrame(index=mean.index)
+    for c in cols:
+        out[c] = [f"{m:.4f} +- {s:.4f}" for m, s in zip(mean[c], std[c])]
+    out["seeds"] = grouped.size()
+    return out.reset_index().sort_values("accuracy", ascending=False, key=lambda s: s.str[:6].astype(float))
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows no other row beats on both lower x and higher y."""
+    keep = [not ((points[x] <= r[x]) & (points[y] >= r[y]) & ((points[x] < r[x]) | (points[y] > r[y]))).any()
+            for _, r in points.iterrows()]
+    return points[keep].sort_values(x)
+
+
+def plot_pareto(final: pd.DataFrame, out: Path) -> tuple[Path, pd.DataFrame]:
+    plt = _plt()
+    means = final[final["status"] != "error"].groupby(["arch", "head"], as_index=False)[
+        ["accuracy", "epoch_time_s_mean"]].mean()
+    front = pareto_front(means, "epoch_time_s_mean", "accuracy")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for _, r in means.iterrows():
+        ax.scatter(r.epoch_time_s_mean, r.accuracy)
+        ax.annotate(f"{r.arch}/{r['head']}", (r.epoch_time_s_mean, r.accuracy), fontsize=8)
+    ax.plot(front.epoch_time_s_mean, front.accuracy, "k--", label="Pareto front")
+    ax.set(xlabel="epoch time (s)", ylabel="test accuracy (mean over seeds)", title="Accuracy against cost")
+    ax.legend()
+    path = _fig_path(out, "pareto")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path, front
+
+
+def plot_learning_curves(hist: pd.DataFrame, chosen: pd.DataFrame, out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for _, r in chosen.iterrows():
+        h = hist[hist.trial_id == r.trial_id]
+        ax.plot(h.epoch, h.val_acc, marker="o", label=f"{r.arch}/{r['head']} ({r.trial_id})")
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Best trial per (backbone, head)")
+    ax.legend(fontsize=8)
+    path = _fig_path(out, "learning_curves")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def asha_rungs(trials: pd.DataFrame, settings: dict, max_epochs: int) -> pd.DataFrame:
+    """Trials that reached each ASHA rung (grace * rf^k epochs, then the maximum)."""
+    grace, rf = int(settings.get("grace_period", 1)), int(settings.get("reduction_factor", 2))
+    rungs, r = [], grace
+    while r < max_epochs:
+        rungs.append(r)
+        r *= rf
+    rungs.append(max_epochs)
+    ran = trials[trials["status"] != "error"]["epochs_run"]
+    return pd.DataFrame({"rung_epochs": rungs, "trials_reaching": [(ran >= r).sum() for r in rungs]})
+
+
+def plot_rungs(rungs: pd.DataFrame, out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([str(r) for r in rungs.rung_epochs], rungs.trials_reaching)
+    ax.set(xlabel="rung (epochs)", ylabel="trials reaching it", title="ASHA: survivors per rung")
+    path = _fig_path(out, "asha_rungs")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(matrix: np.ndarray, title: str, out: Path, name: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # per true class
+    im = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    path = _fig_path(out, name)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def param_importance(experiment: Path) -> tuple[pd.DataFrame | None, str]:
+    """optuna.importance over the study's completed trials, or the reason it cannot be computed."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = experiment / "optuna.log"
+    if not journal.exists():
+        return None, "no Optuna journal (optuna.log) in the experiment"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=experiment.name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError) as exc:
+        return None, f"not computable from {len(complete)} completed trials: {exc}"
+    df = pd.DataFrame({"parameter": list(scores), "importance": list(scores.values())})
+    how = f"fANOVA (seed 0) over the {len(complete)} completed trials (pruned ones excluded)"
+    if caught:
+        how += f"; Optuna warned {len(caught)} time(s), e.g. \"{caught[0].message}\""
+    return df, how
+
+
+def head_costs(final: pd.DataFrame) -> pd.DataFrame:
+    ok = final[final["status"] != "error"]
+    cols = ["head_train_madds", "head_log_prob_madds", "head_predict_madds", "head_time_share", "epoch_time_s_mean"]
+    costs = ok.groupby(["arch", "head"], as_index=False)[cols].mean()
+    costs["train_madds_vs_softmax"] = ok.groupby(["arch", "head"])["softmax_madds"].mean().values / \
+        costs["head_train_madds"]
+    return costs
+
+
+def observations(final: pd.DataFrame | None, trials: pd.DataFrame, max_epochs: int,
+                 front: pd.DataFrame | None) -> list[str]:
+    """Statements computed from the numbers; each carries the figures it rests on."""
+    notes = []
+    stopped = trials[trials.status == "pruned"]
+    ran = trials[trials.status.isin(["completed", "pruned"])]
+    if len(ran):
+        saved = 1 - ran.epochs_run.sum() / (len(ran) * max_epochs)
+        notes.append(f"ASHA stopped {len(stopped)} of {len(ran)} finished trials early, saving {saved:.0%} "
+                     f"of the epochs a full run of each would take.")
+    if final is None or final.empty or (final.status == "error").all():
+        return notes
+    ok = final[final.status != "error"]
+    stats = ok.groupby(["arch", "head"])["accuracy"].agg(["mean", "std", "count"]).fillna(0.0)
+    stats = stats.sort_values("mean", ascending=False)
+    (arch, head), top = stats.index[0], stats.iloc[0]
+    notes.append(f"Best on the test set: {arch} + {head}, accuracy {top['mean']:.4f} +- {top['std']:.4f} "
+                 f"over {int(top['count'])} seeds.")
+    if len(stats) > 1:
+        second, gap = stats.index[1], top["mean"] - stats.iloc[1]["mean"]
+        noise = max(top["std"], stats.iloc[1]["std"])
+        verdict = "larger than" if gap > noise else "within"
+        notes.append(f"Its lead over {second[0]} + {second[1]} is {gap:.4f}, {verdict} the seed-to-seed "
+                     f"standard deviation ({noise:.4f}).")
+    for arch, group in ok.groupby("arch"):
+        if "softmax" in set(group["head"]) and group["head"].nunique() > 1:
+            means = group.groupby("head")[["accuracy", "epoch_time_s_mean"]].mean()
+            for h, r in means.drop(index="softmax").iterrows():
+                da = r.accuracy - means.loc["softmax", "accuracy"]
+                dt = r.epoch_time_s_mean / means.loc["softmax", "epoch_time_s_mean"]
+                notes.append(f"{arch}: {h} vs softmax: accuracy {da:+.4f}, epoch time x{dt:.2f}.")
+    share = ok.groupby("head")["head_time_share"].mean()
+    notes.append(f"The head takes between {share.min():.1%} ({share.idxmin()}) and {share.max():.1%} "
+                 f"({share.idxmax()}) of a training step's time.")
+    ece = ok.groupby("head")["ece"].mean()
+    notes.append(f"Best calibrated head: {ece.idxmin()} (ECE {ece.min():.4f}); worst: {ece.idxmax()} "
+                 f"(ECE {ece.max():.4f}).")
+    if front is not None and len(front):
+        names = ", ".join(f"{r.arch}+{r['head']}" for _, r in front.iterrows())
+        notes.append(f"On the accuracy / epoch-time Pareto front: {names}.")
+    return notes
+
+
+def provenance(spec: dict, final: pd.DataFrame | None) -> list[str]:
+    import torch
+
+    versions = ", ".join(f"{k} {v}" for k, v in spec.get("versions", {}).items())
+    devices = sorted(set(final["device"].dropna())) if final is not None and "device" in final else []
+    lines = [f"- space `{spec.get('space', '?')}`, overrides {spec.get('overrides', [])}, seed {spec.get('seed')}, "
+             f"created {spec.get('created', '?')} on host `{spec.get('host', '?')}`, git {spec.get('git_sha')}",
+             f"- versions: {versions or 'unknown (no spec.json)'}",
+             f"- report made on {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+             f"retrains ran on {', '.join(devices) or 'n/a'}",
+             f"- data: `{spec.get('constants', {}).get('dataset', '?')}` from `{spec.get('data_dir', '?')}`"]
+    if spec.get("settings", {}).get("fake_data"):
+        lines.append("- **generated data** (smoke): these numbers check the pipeline, not the models.")
+    else:
+        lines.append(f"- {DATASET_CAVEAT}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- the document
+def build_report(experiment: Path) -> Path:
+    experiment = Path(experiment)
+    trials = analysis.load(experiment)  # raises NotAnExperimentError for a wrong path
+    spec, out = analysis.experiment_spec(experiment), experiment / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = spec.get("settings", {})
+    max_epochs = int(spec.get("constants", {}).get("epochs", trials.get("epochs", pd.Series([1])).max()))
+    md = [f"# headsweep report: {experiment.name}", ""]
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    md += [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]
+    if len(trials) == 0 or (trials["status"] == "error").all():
+        md += ["## Every trial failed", "", "No trial produced a result, so there is nothing to compare. "
+               "First errors:", ""]
+        errors = trials.get("error", pd.Series(dtype=object)).dropna()
+        md += [f"- `{e}`" for e in errors.drop_duplicates().head(5)] or ["- (no error text recorded)"]
+        md += ["", "## Provenance", "", *provenance(spec, None)]
+        return _write(out, md)
+    final_path = out / "final.parquet"
+    final = pd.read_parquet(final_path) if final_path.exists() else None
+    front = None
+    md += ["## Summary (test set, mean +- std over seeds)", ""]
+    if final is None or (final["status"] == "error").all():
+        md += ["No retrained models yet: run `python -m analysis.retrain EXPERIMENT` for test-set numbers. "
+               "Best validation accuracy per (backbone, head) from the search:", "",
+               _table(analysis.best(trials)[["arch", "head", "trial_id", "best_val_acc", "epochs_run"]]), ""]
+    else:
+        md += [_table(summary(final)), ""]
+        path, front = plot_pareto(final, out)
+        md += ["## Accuracy against epoch time", "", f"![pareto](figures/{path.name})", "",
+               "Pareto front (no other combination is both faster and more accurate):", "",
+               _table(front), ""]
+    chosen = analysis.best(trials)
+    path = plot_learning_curves(analysis.history(experiment), chosen, out)
+    md += ["## Learning curves of the best trials", "", f"![curves](figures/{path.name})", ""]
+    rungs = asha_rungs(trials, settings, max_epochs)
+    path = plot_rungs(rungs, out)
+    md += ["## ASHA rungs", "", f"grace period {settings.get('grace_period')}, reduction factor "
+           f"{settings.get('reduction_factor')}, at most {max_epochs} epochs.", "", _table(rungs), "",
+           f"![rungs](figures/{path.name})", ""]
+    if final is not None and "confusion_file" in final and final["confusion_file"].notna().any():
+        md += confusion_section(final, out)
+    scores, how = param_importance(experiment)
+    md += ["## Parameter importance", "", f"{how}.", ""]
+    if scores is not None:
+        md += [_table(scores), ""]
+    md += ["## Cost of the heads", ""]
+    if final is not None and (final["status"] != "error").any():
+        md += ["Multiply-adds per example from `complexity()` next to the measured share of a training "
+               "step spent in the head and the epoch time.", "", _table(head_costs(final)), ""]
+    md += [f"- **{h}**: {HEAD_NOTES[h]}" for h in sorted(set(trials["head"].dropna())) if h in HEAD_NOTES]
+    md += ["", "## Observations", "", *[f"- {n}" for n in observations(final, trials, max_epochs, front)], "",
+           "## Provenance", "", *provenance(spec, final)]
+    return _write(out, md)
+
+
+def confusion_section(final: pd.DataFrame, out: Path) -> list[str]:
+    ok = final[(final["status"] != "error") & final["confusion_file"].notna()]
+    best_label = ok.groupby("label")["accuracy"].mean().idxmax()
+    rows = ok[ok["label"] == best_label]
+    md = ["## Confusion matrices", "", f"{best_label}, summed over {len(rows)} seeds, rows normalised.", ""]
+    for kind, col in (("fine", "confusion_file"), ("coarse", "confusion_coarse_file")):
+        if col in rows and rows[col].notna().all():
+            matrix = sum(np.load(out / f) for f in rows[col])
+            path = plot_confusion(matrix, f"{best_label}: {kind} classes", out, f"confusion_{kind}")
+            md += [f"![{kind}](figures/{path.name})", ""]
+    return md
+
+
+def _write(out: Path, md: list[str]) -> Path:
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
+    args = p.parse_args(argv)
+    try:
+        path = build_report(Path(args.experiment))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

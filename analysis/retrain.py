@@ -1,0 +1,155 @@
+"""`python -m analysis.retrain EXPERIMENT --top-k 1 --seeds 3 [--epochs N]`
+
+Selects the top-k configs of every (backbone, head) by validation accuracy (the search
+never saw the test set), retrains each from scratch on train+validation once per seed as
+Ray tasks with the search's (fractional) GPU resources, then evaluates each model once
+on the test set. Writes `<experiment>/analysis/final.parquet`, one row per (config, seed),
+and the confusion matrices as .npy files beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import analysis
+from analysis.metrics import classification_metrics
+from analysis.results import to_parquet
+
+# Keys a config inherits from the search that make no sense for a retrain on train+val.
+_DROP = ("val_fraction", "train_limit")
+
+
+def select(experiment: Path, top_k: int) -> pd.DataFrame:
+    """Top-k trials per (arch, head) by best validation accuracy: the test set plays no part."""
+    trials = analysis.load(experiment)
+    if trials.empty or not trials["status"].isin(["completed", "pruned"]).any():
+        raise ValueError(f"{experiment}: no trial finished, nothing to retrain")
+    return analysis.best(trials, k=top_k)
+
+
+def trial_config(row: pd.Series) -> dict:
+    """The flat trial config of a trials-DataFrame row (its params.json)."""
+    return json.loads((Path(row["path"]) / "params.json").read_text())
+
+
+def retrain_one(config: dict, seed: int, split, out_dir: Path, label: str, epochs: int | None = None) -> dict:
+    """Train one config with one seed on train+val, then evaluate it once on the test set."""
+    from tuning import engine
+    from tuning.config import TrainConfig
+
+    flat = {k: v for k, v in config.items() if k not in _DROP}
+    flat.update(seed=seed, **({"epochs": epochs} if epochs else {}))
+    cfg = TrainConfig.from_dict(flat)
+    fit = engine.fit(cfg, split)
+    run = fit.run
+    share = engine.head_time_share(run)
+    test = engine.evaluate(run.model, engine.eval_loader(run, split.x_test, split.y_test), cfg,
+                           return_log_probs=True)  # the one evaluation on the test set
+    metrics = classification_metrics(split.y_test, test["log_probs"], split.dataset.class_to_group)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key in ("confusion", "confusion_coarse"):
+        if key in metrics:
+            files[f"{key}_file"] = f"{key}_{label}_seed{seed}.npy"
+            np.save(out_dir / files[f"{key}_file"], metrics.pop(key))
+    times = [h["epoch_time_s"] for h in fit.history]
+    cost = run.model.head.cost()
+    return {"label": label, "arch": cfg.arch, "head": cfg.head, "seed": seed, "status": fit.status,
+            "epochs": len(fit.history), **metrics, "test_loss": test["loss"],
+            "epoch_time_s_mean": float(np.mean(times)), "epoch_time_s_std": float(np.std(times)),
+            "images_per_s": float(np.mean([h["images_per_s"] for h in fit.history])),
+            "head_time_share": share, "params": sum(p.numel() for p in run.model.parameters()),
+            "head_train_madds": cost["train_madds"], "head_log_prob_madds": cost["log_prob_madds"],
+            "head_predict_madds": cost["predict_madds"], "head_formula": cost["formula"],
+            "softmax_madds": run.model.backbone.num_features * split.dataset.num_classes,  # d*C, the baseline
+            "device": str(run.device), "config": json.dumps(cfg.to_flat(), default=str), **files}
+
+
+def load_data(experiment: Path, spec: dict, data_dir: str | None):
+    """The search's dataset, all training images as training data."""
+    from tuning import data
+
+    constants = spec.get("constants", {})
+    if spec.get("settings", {}).get("fake_data"):
+        folder = experiment / "data"
+    else:
+        folder = Path(data_dir or spec.get("data_dir", "data"))
+    return data.full_train_split(data.load_dataset(constants.get("dataset", "cifar100"), folder))
+
+
+def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: float, gpus: float,
+              address: str | None) -> list[dict]:
+    """Every (config, seed) as a Ray task; progress printed as each finishes."""
+    import ray
+
+    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        split_ref = ray.put(split)  # the arrays go to the object store once
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(retrain_one)
+        pending = {task.remote(j["config"], j["seed"], split_ref, out_dir, j["label"], epochs): j for j in jobs}
+        rows, start = [], time.perf_counter()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            try:
+                rows.append(ray.get(done[0]))
+                print(f"[{len(rows)}/{len(jobs)}] {job['label']} seed {job['seed']}: "
+                      f"test accuracy {rows[-1]['accuracy']:.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
+            except Exception as exc:  # one failed retrain must not lose the others
+                print(f"{job['label']} seed {job['seed']} failed: {exc}", file=sys.stderr)
+                rows.append({"label": job["label"], "seed": job["seed"], "status": "error", "error": str(exc)})
+        return rows
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.retrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
+    p.add_argument("--top-k", type=int, default=1, help="configs per (backbone, head)")
+    p.add_argument("--seeds", type=int, default=3, help="retrains per config, seeds 0..N-1")
+    p.add_argument("--epochs", type=int, help="epochs per retrain (default: the config's)")
+    p.add_argument("--data-dir", help="dataset folder (default: the one in spec.json)")
+    p.add_argument("--cpus-per-task", type=float, help="default: the search's cpus_per_trial")
+    p.add_argument("--gpus-per-task", type=float, help="default: the search's gpus_per_trial where GPUs exist")
+    p.add_argument("--address", help="an existing Ray cluster")
+    args = p.parse_args(argv)
+    try:
+        for name in ("top_k", "seeds", "epochs"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')}={value} must be >= 1")
+        experiment = Path(args.experiment)
+        chosen = select(experiment, args.top_k)
+        spec = analysis.experiment_spec(experiment)
+        split = load_data(experiment, spec, args.data_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = spec.get("settings", {})
+    import torch
+
+    gpus = args.gpus_per_task if args.gpus_per_task is not None else \
+        (settings.get("gpus_per_trial", 0.0) if torch.cuda.is_available() else 0.0)
+    jobs = [{"config": trial_config(row), "seed": seed, "label": f"{row['arch']}-{row['head']}-{row['trial_id']}"}
+            for _, row in chosen.iterrows() for seed in range(args.seeds)]
+    print(f"retraining {len(chosen)} configs x {args.seeds} seeds = {len(jobs)} runs on train+val "
+          f"({len(split.y_train)} images); test set: {len(split.y_test)} images, evaluated once per run", flush=True)
+    out_dir = experiment / "analysis"
+    rows = run_tasks(jobs, split, out_dir, args.epochs, args.cpus_per_task or settings.get("cpus_per_trial", 1.0),
+                     gpus, args.address)
+    final = pd.DataFrame(rows)
+    to_parquet(final, out_dir / "final.parquet")
+    print(f"wrote {out_dir / 'final.parquet'} ({len(final)} rows)")
+    return 0 if (final["status"] != "error").any() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

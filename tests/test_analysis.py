@@ -1,0 +1,185 @@
+"""analysis: DataFrames, metrics, retrain and report, on a real smoke experiment."""
+import contextlib
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+import analysis
+from analysis import report, retrain
+from analysis.metrics import classification_metrics, expected_calibration_error
+
+
+def _known_inputs():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 10)
+    logits = rng.normal(size=(40, 4)) + 2.0 * np.eye(4)[y]
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return y, log_p
+
+
+def test_every_metric_equals_scikit_learn():
+    y, log_p = _known_inputs()
+    p = np.exp(log_p)
+    pred = p.argmax(1)
+    m = classification_metrics(y, log_p, class_to_group=np.array([0, 0, 1, 1]))
+    assert m["accuracy"] == skm.accuracy_score(y, pred)
+    assert m["top5_accuracy"] == skm.top_k_accuracy_score(y, p, k=3)  # k is capped below C=4
+    assert m["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred))
+    assert m["roc_auc_ovr_macro"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p))
+    for avg in ("macro", "weighted"):
+        assert m[f"f1_{avg}"] == pytest.approx(skm.f1_score(y, pred, average=avg))
+        assert m[f"precision_{avg}"] == pytest.approx(skm.precision_score(y, pred, average=avg, zero_division=0))
+        assert m[f"recall_{avg}"] == pytest.approx(skm.recall_score(y, pred, average=avg))
+    assert (m["confusion"] == skm.confusion_matrix(y, pred)).all()
+    groups = np.array([0, 0, 1, 1])
+    assert m["superclass_accuracy"] == skm.accuracy_score(groups[y], groups[pred])
+    assert m["confusion_coarse"].shape == (2, 2)
+
+
+def test_expected_calibration_error_by_hand():
+    # Two bins used: confidence 0.9 (2 right of 2) and 0.6 (1 right of 2): |1-0.9|/2 + |0.5-0.6|/2 = 0.1
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    assert expected_calibration_error(probs, np.array([0, 1, 0, 0]), n_bins=10) == pytest.approx(0.1)
+    assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
+
+
+def test_roc_auc_is_nan_when_a_class_has_no_test_example():
+    y, log_p = _known_inputs()
+    keep = y != 3
+    assert np.isnan(classification_metrics(y[keep], log_p[keep])["roc_auc_ovr_macro"])
+
+
+@pytest.mark.slow
+def test_load_and_history(smoke_experiment):
+    exp, _, _ = smoke_experiment
+    trials, hist = analysis.load(exp), analysis.history(exp)
+    assert len(trials) == 12 and trials.trial_id.is_unique
+    assert {"arch", "head", "lr", "batch_size", "status", "epochs_run", "best_val_acc", "last_val_acc",
+            "time_total_s"} <= set(trials.columns)
+    assert set(trials.status) <= {"completed", "pruned"} and (trials.status == "pruned").any()
+    assert (trials.loc[trials.status == "completed", "epochs_run"] == 4).all()
+    assert len(hist) == trials.epochs_run.sum()
+    per_trial = hist.groupby("trial_id").val_acc.max()
+    assert np.allclose(per_trial[trials.trial_id].values, trials.best_val_acc.values)
+    assert not [c for c in trials.columns if "test" in c]  # the search never saw the test set
+
+
+@pytest.mark.slow
+def test_load_takes_a_relative_path(smoke_experiment, monkeypatch):
+    exp = smoke_experiment[0]
+    monkeypatch.chdir(exp.parent)
+    assert len(analysis.load(exp.name)) == 12
+
+
+@pytest.mark.slow
+def test_best_picks_top_validation_per_group(smoke_experiment):
+    trials = analysis.load(smoke_experiment[0])
+    chosen = analysis.best(trials)
+    expected = trials[trials.status != "error"].groupby(["arch", "head"]).best_val_acc.max()
+    assert dict(zip(zip(chosen.arch, chosen["head"]), chosen.best_val_acc)) == expected.to_dict()
+    assert len(analysis.best(trials, k=2)) <= 2 * len(chosen)
+    with pytest.raises(ValueError, match="k=0 must be >= 1"):
+        analysis.best(trials, k=0)
+
+
+@pytest.fixture(scope="module")
+def retrained(smoke_experiment):
+    exp = smoke_experiment[0]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = retrain.main([str(exp), "--seeds", "2", "--epochs", "2"])
+        report_code = report.main([str(exp)])
+    return exp, code, report_code
+
+
+@pytest.mark.slow
+def test_retrain_writes_final_table(retrained):
+    exp, code, _ = retrained
+    assert code == 0
+    final = pd.read_parquet(exp / "analysis" / "final.parquet")
+    groups = len(analysis.best(analysis.load(exp)))
+    assert len(final) == 2 * groups and sorted(set(final.seed)) == [0, 1]
+    for col in ("accuracy", "top5_accuracy", "precision_macro", "recall_weighted", "f1_macro", "cohen_kappa",
+                "roc_auc_ovr_macro", "log_loss", "ece", "superclass_accuracy", "epoch_time_s_mean",
+                "epoch_time_s_std", "images_per_s", "head_time_share", "params", "head_train_madds"):
+        assert final[col].notna().all(), col
+    assert (final.status == "completed").all() and (final.epochs == 2).all()
+    assert 0 < final.head_time_share.max() < 1
+    fine = np.load(exp / "analysis" / final.confusion_file.iloc[0])
+    assert fine.shape == (100, 100) and fine.sum() == 400  # every test image once
+    assert np.load(exp / "analysis" / final.confusion_coarse_file.iloc[0]).shape == (20, 20)
+
+
+@pytest.mark.slow
+def test_report_has_every_section_and_figure(retrained):
+    exp, _, report_code = retrained
+    assert report_code == 0
+    text = (exp / "analysis" / "report.md").read_text()
+    for section in ("## Summary (test set, mean +- std over seeds)", "## Accuracy against epoch time",
+                    "## Learning curves of the best trials", "## ASHA rungs", "## Confusion matrices",
+                    "## Parameter importance", "## Cost of the heads", "## Observations", "## Provenance"):
+        assert section in text, section
+    for fig in ("pareto", "learning_curves", "asha_rungs", "confusion_fine", "confusion_coarse"):
+        assert (exp / "analysis" / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert f"figures/{fig}.png" in text
+    assert " +- " in text and "ASHA stopped" in text and "generated data" in text
+
+
+@pytest.mark.slow
+def test_example_notebook_runs_on_the_experiment(retrained, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("HEADSWEEP_EXPERIMENT", str(retrained[0]))
+    nb = nbformat.read(report.Path(__file__).parents[1] / "examples" / "analysis.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+
+
+def test_test_set_is_evaluated_once_per_retrained_model(fake_dir, tmp_path, monkeypatch):
+    from tuning import data, engine
+
+    calls, real = [], engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda model, loader, cfg, **kw: calls.append(loader.num_images)
+                        or real(model, loader, cfg, **kw))
+    ds = data.load_dataset("cifar100", fake_dir, download=False)
+    config = {"arch": "cnn", "model_widths": [8], "model_fc_widths": [16], "epochs": 2, "batch_size": 64,
+              "val_fraction": 0.1}
+    row = retrain.retrain_one(config, 0, data.full_train_split(ds), tmp_path, "x")
+    assert calls == [len(ds.y_test)]  # no validation pass, one test pass
+    assert row["epochs"] == 2 and 0 <= row["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("cli", [report.main, retrain.main])
+def test_a_folder_that_is_not_an_experiment(tmp_path, capsys, cli):
+    with pytest.raises(analysis.NotAnExperimentError, match="is not a headsweep experiment"):
+        analysis.load(tmp_path)
+    assert cli([str(tmp_path)]) == 2
+    assert "is not a headsweep experiment" in capsys.readouterr().err
+
+
+def _always_fails(trial):
+    trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+    return {"head": "adaptive", "head_cutoffs": [500]}
+
+
+@pytest.mark.slow
+def test_report_says_when_every_trial_failed(tmp_path, monkeypatch):
+    import search_spaces
+    from tuning import search
+
+    smoke = search_spaces.get_space("smoke")
+    failing = search_spaces.Space("failing", _always_fails, smoke.constants,
+                                  {**smoke.settings, "num_samples": 2, "max_failures": 0})
+    monkeypatch.setattr(search_spaces, "get_space", lambda name: failing)
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = search.main(["--space", "failing", "--storage", str(tmp_path), "--name", "f", "--no-dashboard"])
+    assert code == 1  # every trial failed
+    assert report.main([str(tmp_path / "f")]) == 0
+    text = (tmp_path / "f" / "analysis" / "report.md").read_text()
+    assert "## Every trial failed" in text and "cutoffs=[500] must satisfy" in text
+    assert retrain.main([str(tmp_path / "f")]) == 2

@@ -7,6 +7,8 @@ div_value for adaptive; k for sampled; the tree for hierarchical.
 """
 from __future__ import annotations
 
+import functools
+
 import heads
 from search_spaces._registry import Space, register_space
 
@@ -53,14 +55,17 @@ def suggest_head(trial, num_classes: int, choices=ALL_HEADS) -> dict:
     return {}
 
 
-def _heads_space(archs, num_classes=100, optimizers=("sgd", "adamw")):
-    def suggest(trial):
-        if len(archs) > 1:
-            trial.suggest_categorical("arch", list(archs))
-        suggest_training(trial, optimizers)
-        return suggest_head(trial, num_classes)
+def _suggest_arch_training_head(trial, archs, num_classes, optimizers):
+    if len(archs) > 1:
+        trial.suggest_categorical("arch", list(archs))
+    suggest_training(trial, optimizers)
+    return suggest_head(trial, num_classes)
 
-    return suggest
+
+def _heads_space(archs, num_classes=100, optimizers=("sgd", "adamw")):
+    # A partial, not a closure: Ray pickles the searcher (and so this function) at every snapshot.
+    return functools.partial(_suggest_arch_training_head, archs=tuple(archs), num_classes=num_classes,
+                             optimizers=tuple(optimizers))
 
 
 @register_space

@@ -135,6 +135,18 @@ def test_sampled_configs_satisfy_the_constraints(name):
         assert seen_heads == set(ALL_HEADS)
 
 
+@pytest.mark.parametrize("name", search_spaces.list_spaces())
+def test_every_space_pickles_as_ray_saves_the_searcher(name):
+    import functools
+    import pickle
+
+    from search_spaces._registry import define_by_run
+
+    restored = pickle.loads(pickle.dumps(functools.partial(define_by_run, search_spaces.get_space(name))))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert restored(study.ask())["dataset"] == "cifar100"
+
+
 def test_pruning_aware_searcher_tells_pruned_fail_and_complete():
     from optuna.trial import TrialState
 
@@ -177,3 +189,17 @@ def test_bad_input_exits_2_before_ray_starts(capsys, tmp_path, argv, message):
     assert search.main(argv + ["--storage", str(tmp_path), "--no-dashboard"]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_storage_uri(tmp_path, monkeypatch):
+    """A URI storage: Ray writes trials and spec.json there; the Optuna journal stays local."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    code = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", "u",
+                        "--no-dashboard", "--set", "num_samples=2", "--set", "epochs=1"])
+    assert code == 0
+    assert json.loads((tmp_path / "remote" / "u" / "spec.json").read_text())["space"] == "smoke"
+    assert len(_results(tmp_path / "remote" / "u")) == 2
+    assert (tmp_path / "home" / ".headsweep" / "u" / "optuna.log").stat().st_size > 0
+    again = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", "u"])
+    assert again == 2  # exists: refuses to overwrite without --resume

@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import search_spaces
@@ -144,7 +145,7 @@ def load_split(space: Space, data_dir: Path, experiment: Path):
                                 c.get("train_limit"))
 
 
-def make_searcher(space: Space, experiment: Path, seed: int):
+def make_searcher(space: Space, where: "Location", seed: int):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -153,15 +154,15 @@ def make_searcher(space: Space, experiment: Path, seed: int):
     from tuning.optuna_pruned import PruningAwareOptunaSearch
 
     s = space.resolved_settings()
-    storage = JournalStorage(JournalFileBackend(str(experiment / JOURNAL_FILE)))
+    storage = JournalStorage(JournalFileBackend(str(where.local / JOURNAL_FILE)))
     searcher = PruningAwareOptunaSearch(
         space=functools.partial(define_by_run, space), metric=s["metric"], mode=s["mode"],
-        sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=experiment.name,
+        sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=where.name,
         max_epochs=int(space.constants.get("epochs", TrainConfig().epochs)))
     return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
 
 
-def make_tuner(space: Space, split, experiment: Path, storage: str, gpus: float, seed: int):
+def make_tuner(space: Space, split, where: "Location", gpus: float, seed: int):
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -174,10 +175,10 @@ def make_tuner(space: Space, split, experiment: Path, storage: str, gpus: float,
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(space.constants.get("epochs", 30)),
                               grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
     run_config = tune.RunConfig(
-        name=experiment.name, storage_path=storage, callbacks=[TBXLoggerCallback()],
+        name=where.name, storage_path=where.storage, callbacks=[TBXLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]))
-    tune_config = tune.TuneConfig(search_alg=make_searcher(space, experiment, seed), scheduler=scheduler,
+    tune_config = tune.TuneConfig(search_alg=make_searcher(space, where, seed), scheduler=scheduler,
                                   num_samples=s["num_samples"], metric=s["metric"], mode=s["mode"],
                                   reuse_actors=True)  # a new trial skips the worker's torch import
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), trainable
@@ -195,28 +196,61 @@ def summarize(results, metric: str, mode: str):
     return best[["config/arch", "config/head", metric, "epochs_run", "trial_id"] + config_cols]
 
 
+@dataclass
+class Location:
+    """Where an experiment lives. Ray writes trials to `uri` (a path or e.g. s3://...); the
+    Optuna journal needs file locks, so it stays in `local`, which is the same folder when
+    the storage is a path (local or a shared mount) and ~/.headsweep/<name> for a URI."""
+
+    storage: str  # Ray's storage_path
+    name: str
+    uri: str  # storage/name
+    local: Path
+
+    @classmethod
+    def of(cls, storage: str, name: str) -> "Location":
+        if "://" in storage:
+            return cls(storage, name, f"{storage.rstrip('/')}/{name}", Path.home() / ".headsweep" / name)
+        root = Path(storage).resolve()
+        return cls(str(root), name, str(root / name), root / name)
+
+    def _fs(self):
+        import pyarrow.fs
+
+        return pyarrow.fs.FileSystem.from_uri(self.uri if "://" in self.uri else f"file://{self.uri}")
+
+    def exists(self) -> bool:
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+    def write_spec(self, spec: dict) -> None:
+        fs, path = self._fs()
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{SPEC_FILE}") as f:
+            f.write(json.dumps(spec, indent=2, default=str).encode())
+
+
 def run_search(args: argparse.Namespace) -> int:
     space = resolve_space(args)
-    experiment_name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    is_uri = "://" in args.storage
-    storage = args.storage if is_uri else str(Path(args.storage).resolve())
-    experiment = Path(storage) / experiment_name if not is_uri else Path(experiment_name)
+    where = Location.of(args.storage, args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.dry_run is not None:
-        print(json.dumps({**make_spec(args, space), "experiment": str(experiment)}, indent=2, default=str))
+        print(json.dumps({**make_spec(args, space), "experiment": where.uri}, indent=2, default=str))
         for i, config in enumerate(preview_configs(space, args.dry_run, args.seed)):
             print(f"config {i}: {json.dumps(config, default=str)}")
         return 0
     preview_configs(space, 1, args.seed)  # bad --set values fail here, before Ray starts
-    if args.resume and not experiment.exists():
-        raise ValueError(f"--resume: no experiment at {experiment}; give the --name of an existing one")
-    if not args.resume and experiment.exists():
-        raise ValueError(f"experiment {experiment} exists: pass --resume to continue it or choose another --name")
+    if args.resume and not where.exists():
+        raise ValueError(f"--resume: no experiment at {where.uri}; give the --name of an existing one")
+    if not args.resume and where.exists():
+        raise ValueError(f"experiment {where.uri} exists: pass --resume to continue it or choose another --name")
     if not args.address:
         check_gpus(args.gpus_per_trial, _local_gpus())  # fail fast, before Ray starts
-    experiment.mkdir(parents=True, exist_ok=True)
+    where.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        (experiment / SPEC_FILE).write_text(json.dumps(make_spec(args, space), indent=2, default=str))
-    return _run_with_ray(args, space, experiment, storage)
+        where.write_spec(make_spec(args, space))
+    return _run_with_ray(args, space, where)
 
 
 def _local_gpus() -> int:
@@ -225,7 +259,7 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def _run_with_ray(args, space: Space, experiment: Path, storage: str) -> int:
+def _run_with_ray(args, space: Space, where: Location) -> int:
     import ray
     from ray import tune
 
@@ -238,12 +272,12 @@ def _run_with_ray(args, space: Space, experiment: Path, storage: str) -> int:
             gpus = space.resolved_settings()["gpus_per_trial"]
         if getattr(context, "dashboard_url", None):
             print(f"Ray dashboard: http://{context.dashboard_url}")
-        print(f"experiment: {experiment}\noptuna-dashboard {experiment / JOURNAL_FILE}\n"
-              f"tensorboard --logdir {experiment}", flush=True)
-        split = load_split(space, Path(args.data_dir), experiment)
-        tuner, trainable = make_tuner(space, split, experiment, storage, gpus, args.seed)
-        if args.resume and tune.Tuner.can_restore(str(experiment)):
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        print(f"experiment: {where.uri}\noptuna-dashboard {where.local / JOURNAL_FILE}\n"
+              f"tensorboard --logdir {where.uri}", flush=True)
+        split = load_split(space, Path(args.data_dir), where.local)
+        tuner, trainable = make_tuner(space, split, where, gpus, args.seed)
+        if args.resume and tune.Tuner.can_restore(where.uri):
+            tuner = tune.Tuner.restore(where.uri, trainable=trainable, resume_errored=True)
         results = tuner.fit()
         return report(results, space)
     finally:

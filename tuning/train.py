@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> dict:
     from tuning import data, engine
 
     cfg = config_from_args(args)
-    data_dir = Path(args.data_dir)
+    started = time.perf_counter()
     if args.smoke:
         from tuning.fake_data import write_cifar100
-        data_dir = Path(tempfile.mkdtemp(prefix="headsweep-smoke-"))
-        write_cifar100(data_dir)
-        print(f"smoke: generated tiny CIFAR-100-format data in {data_dir} (not real images)")
-    started = time.perf_counter()
-    ds = data.load_dataset(cfg.dataset, data_dir, download=not args.no_download)
+        with tempfile.TemporaryDirectory(prefix="headsweep-smoke-") as tmp:
+            write_cifar100(Path(tmp))
+            ds = data.load_dataset(cfg.dataset, tmp, download=False)
+        print("smoke: tiny generated CIFAR-100-format data (not real images)")
+    else:
+        ds = data.load_dataset(cfg.dataset, args.data_dir, download=not args.no_download)
     split = data.split_train_val(ds, cfg.val_fraction, cfg.seed, cfg.train_limit)
     print(f"{ds.name}: {len(split.y_train)} train / {len(split.y_val)} val / {len(split.y_test)} test images, "
           f"{ds.num_classes} classes; {cfg.arch} + {cfg.head} head", flush=True)

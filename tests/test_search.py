@@ -203,3 +203,20 @@ def test_storage_uri(tmp_path, monkeypatch):
     assert (tmp_path / "home" / ".headsweep" / "u" / "optuna.log").stat().st_size > 0
     again = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", "u"])
     assert again == 2  # exists: refuses to overwrite without --resume
+
+
+def test_summary_leaves_out_diverged_trials():
+    import pandas as pd
+
+    class Result:
+        def __init__(self, trial_id, **metrics):
+            self.metrics = {"trial_id": trial_id, "training_iteration": 2, **metrics}
+
+    class Grid(list):
+        def get_dataframe(self, filter_metric, filter_mode):
+            return pd.DataFrame({"trial_id": ["a", "b", "c"], "val_acc": [0.5, 0.3, 0.1],
+                                 "config/arch": ["cnn"] * 3, "config/head": ["softmax", "softmax", "gumbel"]})
+
+    grid = Grid([Result("a", diverged=True), Result("b"), Result("c")])
+    best = search.summarize(grid, "val_acc", "max")
+    assert sorted(best.trial_id) == ["b", "c"] and set(best.epochs_run) == {2}

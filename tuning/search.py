@@ -185,12 +185,13 @@ def make_tuner(space: Space, split, where: "Location", gpus: float, seed: int):
 
 
 def summarize(results, metric: str, mode: str):
-    """Best trial per (arch, head): its best epoch's metric, the epochs it ran, its config."""
+    """Best trial per (arch, head), diverged ones left out: its best epoch's metric, epochs run, config."""
     df = results.get_dataframe(filter_metric=metric, filter_mode=mode)
     if df.empty or metric not in df:
         return df
-    ran = {r.metrics.get("trial_id"): r.metrics.get("training_iteration") for r in results if r.metrics}
-    df["epochs_run"] = df["trial_id"].map(ran)
+    last = {r.metrics.get("trial_id"): r.metrics for r in results if r.metrics}
+    df = df[~df["trial_id"].map(lambda t: bool(last.get(t, {}).get("diverged")))].copy()  # their scores mislead
+    df["epochs_run"] = df["trial_id"].map(lambda t: last.get(t, {}).get("training_iteration"))
     best = df.sort_values(metric, ascending=(mode == "min")).groupby(["config/arch", "config/head"]).head(1)
     config_cols = [c for c in best.columns if c.startswith("config/") and c not in ("config/arch", "config/head")]
     return best[["config/arch", "config/head", metric, "epochs_run", "trial_id"] + config_cols]

@@ -198,6 +198,13 @@ def observations(final: pd.DataFrame | None, trials: pd.DataFrame, max_epochs: i
     ok = final[final.status != "error"]
     stats = ok.groupby(["arch", "head"])["accuracy"].agg(["mean", "std", "count"]).fillna(0.0)
     stats = stats.sort_values("mean", ascending=False)
+    chance = 1.0 / ok["num_classes"].iloc[0] if "num_classes" in ok else None
+    if chance is not None:
+        stuck = [f"{a}+{h} ({m:.4f})" for (a, h), m in stats["mean"].items() if m < 2 * chance]
+        if stuck:
+            notes.append(f"At chance level (accuracy below 2/C = {2 * chance:.4f}): {', '.join(stuck)}. The best "
+                         "config the search found for these never learned, so comparisons with them measure the "
+                         "search budget, not the head: search more samples or a narrower lr range.")
     (arch, head), top = stats.index[0], stats.iloc[0]
     notes.append(f"Best on the test set: {arch} + {head}, accuracy {top['mean']:.4f} +- {top['std']:.4f} "
                  f"over {int(top['count'])} seeds.")

@@ -128,6 +128,18 @@ def test_report_has_every_section_and_figure(retrained):
     assert " +- " in text and "ASHA stopped" in text and "generated data" in text
 
 
+def test_observations_flag_combinations_at_chance():
+    trials = pd.DataFrame({"status": ["completed", "pruned"], "epochs_run": [4, 1]})
+    final = pd.DataFrame({"arch": ["cnn"] * 4, "head": ["softmax", "softmax", "hierarchical", "hierarchical"],
+                          "status": ["completed"] * 4, "accuracy": [0.011, 0.009, 0.30, 0.32],
+                          "head_time_share": [0.01] * 4, "ece": [0.02] * 4, "epoch_time_s_mean": [1.0, 1.0, 1.2, 1.2],
+                          "num_classes": [100] * 4})
+    notes = report.observations(final, trials, 4, None)
+    assert any(n.startswith("At chance level (accuracy below 2/C = 0.0200): cnn+softmax (0.0100)") for n in notes)
+    assert "ASHA stopped 1 of 2 finished trials early, saving 38% of the epochs" in notes[0]
+    assert any("hierarchical vs softmax: accuracy +0.3000, epoch time x1.20" in n for n in notes)
+
+
 @pytest.mark.slow
 def test_example_notebook_runs_on_the_experiment(retrained, monkeypatch):
     import nbformat

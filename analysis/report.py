@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator  # no backend chosen by this import
 
 import analysis
 
@@ -105,6 +106,7 @@ def plot_learning_curves(hist: pd.DataFrame, chosen: pd.DataFrame, out: Path) ->
         h = hist[hist.trial_id == r.trial_id]
         ax.plot(h.epoch, h.val_acc, marker="o", label=f"{r.arch}/{r['head']} ({r.trial_id})")
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="Best trial per (backbone, head)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     path = _fig_path(out, "learning_curves")
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -140,7 +142,9 @@ def plot_confusion(matrix: np.ndarray, title: str, out: Path, name: str) -> Path
     fig, ax = plt.subplots(figsize=(7, 6))
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # per true class
     im = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=ax, label="share of the true class")
     path = _fig_path(out, name)
     fig.savefig(path, dpi=110, bbox_inches="tight")

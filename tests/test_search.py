@@ -76,8 +76,14 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
     assert len(before) < 10, "the search finished before it could be killed"
     done = subprocess.run(argv + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    import analysis
+
+    trials = analysis.load(exp)  # the experiment's own trial list, as a notebook sees it
+    # None lost: all 10 trials ended (6 epochs, or diverged). A trial the killed driver started
+    # after Tune's last state snapshot is unknown to the restore and gets replaced; its folder
+    # stays behind, so folders may outnumber trials.
+    assert len(trials) == 10 and set(trials.status) <= {"completed", "diverged"}, trials[["trial_id", "status"]]
     after = _results(exp)
-    assert len(after) == 10 and all(v and v[-1]["epoch"] == 6 for v in after.values())  # none lost
     assert {k: len(after[k]) for k in before} == before  # finished trials were not run again
 
 
@@ -192,17 +198,24 @@ def test_bad_input_exits_2_before_ray_starts(capsys, tmp_path, argv, message):
 
 
 @pytest.mark.slow
-def test_storage_uri(tmp_path, monkeypatch):
+def test_storage_uri(tmp_path):
     """A URI storage: Ray writes trials and spec.json there; the Optuna journal stays local."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    code = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", "u",
-                        "--no-dashboard", "--set", "num_samples=2", "--set", "epochs=1"])
-    assert code == 0
-    assert json.loads((tmp_path / "remote" / "u" / "spec.json").read_text())["space"] == "smoke"
-    assert len(_results(tmp_path / "remote" / "u")) == 2
-    assert (tmp_path / "home" / ".headsweep" / "u" / "optuna.log").stat().st_size > 0
-    again = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", "u"])
-    assert again == 2  # exists: refuses to overwrite without --resume
+    import shutil
+    import uuid
+
+    name = f"uri-test-{uuid.uuid4().hex[:8]}"  # the journal goes to ~/.headsweep/<name>; removed below
+    journal_dir = Path.home() / ".headsweep" / name
+    try:
+        code = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", name,
+                            "--no-dashboard", "--set", "num_samples=2", "--set", "epochs=1"])
+        assert code == 0
+        assert json.loads((tmp_path / "remote" / name / "spec.json").read_text())["space"] == "smoke"
+        assert len(_results(tmp_path / "remote" / name)) == 2
+        assert (journal_dir / "optuna.log").stat().st_size > 0
+        again = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", name])
+        assert again == 2  # exists: refuses to overwrite without --resume
+    finally:
+        shutil.rmtree(journal_dir, ignore_errors=True)
 
 
 def test_summary_leaves_out_diverged_trials():

@@ -66,12 +66,13 @@ def summary(final: pd.DataFrame) -> pd.DataFrame:
     if "superclass_accuracy" in ok:
         cols.insert(2, "superclass_accuracy")
     grouped = ok.groupby(["arch", "head"])[cols]
-    mean, std = grouped.mean(), grouped.std().fillna(0.0)
+    mean = grouped.mean().sort_values("accuracy", ascending=False)
+    std = grouped.std().fillna(0.0).loc[mean.index]
     out = pd.DataFrame(index=mean.index)
     for c in cols:
         out[c] = [f"{m:.4f} +- {s:.4f}" for m, s in zip(mean[c], std[c])]
-    out["seeds"] = grouped.size()
-    return out.reset_index().sort_values("accuracy", ascending=False, key=lambda s: s.str[:6].astype(float))
+    out["seeds"] = grouped.size().loc[mean.index]
+    return out.reset_index()
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

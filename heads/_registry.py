@@ -20,7 +20,7 @@ def create_head(name: str, in_features: int, num_classes: int, hierarchy: Sequen
     cls = _HEADS.get(name)
     check_kwargs(cls.__init__, hp, f"head {name!r}")
     params = inspect.signature(cls.__init__).parameters
-    data = {k: v for k, v in (("hierarchy", hierarchy), ("class_counts", class_counts)) if k in params}
+    data = {k: v for k, v in zip(_DATA_ARGS, (hierarchy, class_counts)) if k in params}
     return cls(in_features, num_classes, **data, **hp)
 
 

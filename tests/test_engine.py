@@ -106,3 +106,9 @@ def test_every_head_trains_through_the_engine(fake_dir, head):
     assert result.status == "completed" and math.isfinite(result.last["val_loss"])
     if head == "hierarchical":  # CIFAR-100's superclasses became the tree
         assert len(result.run.model.head.groups) == 20
+
+
+def test_label_smoothing_refused_by_heads_that_cannot_smooth(fake_dir):
+    cfg = TrainConfig(arch="cnn_base", head="sampled", epochs=1, batch_size=64, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"label_smoothing=0.1: head SampledSoftmaxHead supports only 0"):
+        engine.fit(cfg, _split(fake_dir))

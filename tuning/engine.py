@@ -77,11 +77,8 @@ def autocast(cfg: TrainConfig, device: torch.device):
 def build_model(cfg: TrainConfig, dataset) -> Classifier:
     backbone = models.create_model(cfg.arch, in_chans=dataset.in_chans, img_size=dataset.img_size, **cfg.model_kwargs)
     counts = np.bincount(dataset.y_train, minlength=dataset.num_classes)
-    head_hp = dict(cfg.head_kwargs)
-    if heads.head_class(cfg.head).supports_label_smoothing:
-        head_hp.setdefault("label_smoothing", cfg.label_smoothing)
-    elif cfg.label_smoothing:
-        raise ValueError(f"label_smoothing={cfg.label_smoothing}: head {cfg.head!r} supports only 0")
+    # Every head takes label_smoothing; those that cannot smooth refuse a non-zero value themselves.
+    head_hp = {"label_smoothing": cfg.label_smoothing, **cfg.head_kwargs}
     head = heads.create_head(cfg.head, backbone.num_features, dataset.num_classes,
                              hierarchy=dataset.class_to_group, class_counts=counts, **head_hp)
     return Classifier(backbone, head)

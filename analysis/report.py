@@ -49,13 +49,8 @@ def _plt():
     return plt
 
 
-def _table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        cells = [format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".4g")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -263,7 +258,7 @@ def build_report(experiment: Path) -> Path:
     spec, out = analysis.experiment_spec(experiment), experiment / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     settings = spec.get("settings", {})
-    max_epochs = int(spec.get("constants", {}).get("epochs", trials.get("epochs", pd.Series([1])).max()))
+    max_epochs = int(spec.get("max_epochs", trials.get("epochs", pd.Series([1])).max()))  # no spec: trials say
     md = [f"# headsweep report: {experiment.name}", ""]
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     md += [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]

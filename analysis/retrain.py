@@ -75,13 +75,10 @@ def retrain_one(config: dict, seed: int, split, out_dir: Path, label: str, epoch
 def load_data(experiment: Path, spec: dict, data_dir: str | None):
     """The search's dataset, all training images as training data."""
     from tuning import data
+    from tuning.search import data_folder
 
-    constants = spec.get("constants", {})
-    if spec.get("settings", {}).get("fake_data"):
-        folder = experiment / "data"
-    else:
-        folder = Path(data_dir or spec.get("data_dir", "data"))
-    return data.full_train_split(data.load_dataset(constants.get("dataset", "cifar100"), folder))
+    folder = data_folder(spec.get("settings", {}), experiment, data_dir or spec.get("data_dir", "data"))
+    return data.full_train_split(data.load_dataset(spec.get("constants", {}).get("dataset", "cifar100"), folder))
 
 
 def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: float, gpus: float,

@@ -88,10 +88,7 @@ def plot(df, path: Path) -> None:
 def markdown_table(df) -> str:
     cols = ["classes", "head", "train_ms", "train_speedup", "train_speedup_predicted", "log_prob_ms",
             "predict_ms", "predict_speedup", "predict_speedup_predicted"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df[cols].iterrows():
-        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(lines)
+    return df[cols].to_markdown(index=False, floatfmt=".3g")
 
 
 def main(argv: list[str] | None = None):

@@ -36,6 +36,13 @@ class Space:
     def resolved_settings(self) -> dict:
         return {**DEFAULT_SETTINGS, **self.settings}
 
+    @property
+    def max_epochs(self) -> int:
+        """Epochs of a full trial: ASHA's max_t, and what a trial must reach not to count as pruned."""
+        from tuning.config import TrainConfig
+
+        return int(self.constants.get("epochs", TrainConfig().epochs))
+
     def with_overrides(self, overrides: dict) -> "Space":
         """A copy with `--set` values applied: a setting, a constant or any trial-config key."""
         from tuning.config import TrainConfig

@@ -41,6 +41,7 @@ def test_smoke_search_end_to_end(smoke_experiment):
     assert code == 0
     spec = json.loads((exp / "spec.json").read_text())
     assert spec["space"] == "smoke" and spec["versions"]["ray"] and spec["settings"]["num_samples"] == 12
+    assert spec["max_epochs"] == 4
     assert (exp / "optuna.log").stat().st_size > 0 and list(exp.glob("experiment_state-*.json"))
     results = _results(exp)
     assert len(results) == 12

@@ -1,9 +1,9 @@
 """The trial config: a flat dict validated once, at trial start, into a typed dataclass.
 
 Flat keys become DataFrame columns after a search. Backbone options are the keys
-`model_<option>` and head options `head_<option>`; `search_<name>` keys are raw values a
-search space suggested only to derive other keys (e.g. adaptive cutoffs) and are skipped; each is checked against the chosen
-backbone's or head's own signature. An unknown key or an out-of-range value raises
+`model_<option>` and head options `head_<option>`, each checked against the chosen
+backbone's or head's own signature. `search_<name>` keys are raw values a search space
+suggested only to derive other keys (e.g. adaptive cutoffs); they are skipped. An unknown key or an out-of-range value raises
 ValueError naming the key, so a bad trial fails alone and says why.
 """
 from __future__ import annotations

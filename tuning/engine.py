@@ -225,13 +225,14 @@ def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], d
         seconds = time.perf_counter() - start
         run.epoch += 1
         # No validation split (retraining on train+val): the test set is evaluated once, elsewhere.
-        val = evaluate(run.model, run.val_loader, cfg) if run.val_loader.num_images else \
+        has_val = run.val_loader.num_images > 0
+        val = evaluate(run.model, run.val_loader, cfg) if has_val else \
             {"loss": float("nan"), "acc": float("nan"), "top5": float("nan")}
         metrics = {"epoch": run.epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
                    "val_top5": val["top5"], "epoch_time_s": seconds,
                    "images_per_s": len(run.train_loader) * run.train_loader.batch_size / seconds,
                    "lr": run.optimizer.param_groups[0]["lr"]}
-        if not math.isfinite(train_loss) or (run.val_loader.num_images and not math.isfinite(val["loss"])):
+        if not math.isfinite(train_loss) or (has_val and not math.isfinite(val["loss"])):
             result.status = "diverged"
             result.reason = f"non-finite loss at epoch {run.epoch} (train {train_loss}, val {val['loss']})"
             metrics.update(diverged=True, reason=result.reason)

@@ -123,23 +123,28 @@ def make_spec(args: argparse.Namespace, space: Space) -> dict:
         except PackageNotFoundError:
             versions[pkg] = None
     return {"space": space.name, "description": space.description, "overrides": args.overrides,
-            "constants": space.constants, "settings": space.resolved_settings(), "seed": args.seed,
+            "constants": space.constants, "settings": space.resolved_settings(), "max_epochs": space.max_epochs,
+            "seed": args.seed,
             "data_dir": str(args.data_dir), "argv": sys.argv[1:], "versions": {"python": platform.python_version(),
                                                                                **versions},
             "git_sha": _git_sha(), "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 # ----------------------------------------------------------------------------- Ray parts
+def data_folder(settings: dict, experiment: Path, data_dir: str | Path) -> Path:
+    """Where a search's dataset lives: generated (smoke) data sits inside the experiment."""
+    return experiment / "data" if settings.get("fake_data") else Path(data_dir)
+
+
 def load_split(space: Space, data_dir: Path, experiment: Path):
     from tuning import data
     from tuning.fake_data import write_cifar100
 
     c = space.constants
-    if space.resolved_settings()["fake_data"]:
-        data_dir = experiment / "data"
-        if not (data_dir / "cifar-100-python").exists():
-            write_cifar100(data_dir)
-    ds = data.load_dataset(c.get("dataset", "cifar100"), data_dir)
+    folder = data_folder(space.resolved_settings(), experiment, data_dir)
+    if space.resolved_settings()["fake_data"] and not (folder / "cifar-100-python").exists():
+        write_cifar100(folder)
+    ds = data.load_dataset(c.get("dataset", "cifar100"), folder)
     defaults = TrainConfig()
     return data.split_train_val(ds, c.get("val_fraction", defaults.val_fraction), c.get("seed", defaults.seed),
                                 c.get("train_limit"))
@@ -158,7 +163,7 @@ def make_searcher(space: Space, where: "Location", seed: int):
     searcher = PruningAwareOptunaSearch(
         space=functools.partial(define_by_run, space), metric=s["metric"], mode=s["mode"],
         sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=where.name,
-        max_epochs=int(space.constants.get("epochs", TrainConfig().epochs)))
+        max_epochs=space.max_epochs)
     return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
 
 
@@ -172,7 +177,7 @@ def make_tuner(space: Space, split, where: "Location", gpus: float, seed: int):
     s = space.resolved_settings()
     trainable = tune.with_resources(tune.with_parameters(train_trial, split=split),
                                     {"cpu": s["cpus_per_trial"], "gpu": gpus})
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(space.constants.get("epochs", 30)),
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.max_epochs,
                               grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
     run_config = tune.RunConfig(
         name=where.name, storage_path=where.storage, callbacks=[TBXLoggerCallback()],

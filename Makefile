@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install demo test train-smoke bench
+.PHONY: install demo test test-fast train-smoke bench
 install: $(VENV)/.installed
 
 # The main job on a small default: the `smoke` search on generated data, then the retrain of
@@ -25,8 +25,14 @@ demo: install
 	$(PY) -m analysis.retrain experiments/demo --seeds 2
 	$(PY) -m analysis.report experiments/demo
 
+# The full suite: what CI runs (a few minutes on 2 CPUs).
 test: install
 	$(PY) -m pytest -q
+
+# The edit-test loop (under a minute): no Ray start, no CLI subprocess, no real-data training.
+# HEADSWEEP_FAST_TIER makes a test that starts Ray anyway fail, so the tier stays fast.
+test-fast: install
+	HEADSWEEP_FAST_TIER=1 $(PY) -m pytest -q -m "not slow"
 
 train-smoke: install
 	$(PY) -m tuning.train --smoke

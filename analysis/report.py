@@ -19,19 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.ticker import MaxNLocator  # no backend chosen by this import
 
-import analysis
+import heads
+from common.cli import guard
+from common.status import ERROR, FINISHED, PRUNED
+from tuning.experiment import Experiment
 
-HEAD_NOTES = {
-    "softmax": "one d x C matrix: O(d*C) to train, to normalise and to predict.",
-    "hierarchical": "K groups then the classes of one group: O(d*(K + C/K)) to train and for greedy predict, "
-                    "minimal at K = sqrt(C); the full distribution still needs O(d*(K + C)).",
-    "adaptive": "a full-rank head for frequent classes plus low-rank tail clusters: the head always, a tail "
-                "only for its targets; about O(d*(c0 + n) + sum_i share_i * (d*h_i + h_i*|C_i|)).",
-    "sampled": "the target and k sampled classes in training, O(d*(k+1)); evaluation is the full O(d*C) softmax.",
-    "gumbel": "all C logits plus C Gumbel draws: O(d*C) like softmax; it changes the training signal, not the cost.",
-}
 DATASET_CAVEAT = ("If the data came from headsweep's shared copy (`../shared/data`), its train/test split is "
                   "not the official CIFAR-100 split (a class-balanced test set drawn with a fixed seed): test "
                   "accuracies here compare with published ones only approximately.")
@@ -56,7 +51,7 @@ def _table(df: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- sections
 def summary(final: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of the headline metrics, per (arch, head)."""
-    ok = final[final["status"] != "error"]
+    ok = final[final["status"] != ERROR]
     cols = ["accuracy", "top5_accuracy", "f1_macro", "ece", "epoch_time_s_mean", "head_time_share"]
     if "superclass_accuracy" in ok:
         cols.insert(2, "superclass_accuracy")
@@ -79,7 +74,7 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def plot_pareto(final: pd.DataFrame, out: Path) -> tuple[Path, pd.DataFrame]:
     plt = _plt()
-    means = final[final["status"] != "error"].groupby(["arch", "head"], as_index=False)[
+    means = final[final["status"] != ERROR].groupby(["arch", "head"], as_index=False)[
         ["accuracy", "epoch_time_s_mean"]].mean()
     front = pareto_front(means, "epoch_time_s_mean", "accuracy")
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -118,7 +113,7 @@ def asha_rungs(trials: pd.DataFrame, settings: dict, max_epochs: int) -> pd.Data
         rungs.append(r)
         r *= rf
     rungs.append(max_epochs)
-    ran = trials[trials["status"] != "error"]["epochs_run"]
+    ran = trials[trials["status"] != ERROR]["epochs_run"]
     return pd.DataFrame({"rung_epochs": rungs, "trials_reaching": [(ran >= r).sum() for r in rungs]})
 
 
@@ -148,17 +143,14 @@ def plot_confusion(matrix: np.ndarray, title: str, out: Path, name: str) -> Path
     return path
 
 
-def param_importance(experiment: Path) -> tuple[pd.DataFrame | None, str]:
+def param_importance(exp: Experiment) -> tuple[pd.DataFrame | None, str]:
     """optuna.importance over the study's completed trials, or the reason it cannot be computed."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    journal = experiment / "optuna.log"
-    if not journal.exists():
-        return None, "no Optuna journal (optuna.log) in the experiment"
+    if not exp.journal.exists():
+        return None, f"no Optuna journal at {exp.journal}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=experiment.name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    study = exp.load_study()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     try:
@@ -175,7 +167,7 @@ def param_importance(experiment: Path) -> tuple[pd.DataFrame | None, str]:
 
 
 def head_costs(final: pd.DataFrame) -> pd.DataFrame:
-    ok = final[final["status"] != "error"]
+    ok = final[final["status"] != ERROR]
     cols = ["head_train_madds", "head_log_prob_madds", "head_predict_madds", "head_time_share", "epoch_time_s_mean"]
     costs = ok.groupby(["arch", "head"], as_index=False)[cols].mean()
     costs["train_madds_vs_softmax"] = ok.groupby(["arch", "head"])["softmax_madds"].mean().values / \
@@ -187,15 +179,15 @@ def observations(final: pd.DataFrame | None, trials: pd.DataFrame, max_epochs: i
                  front: pd.DataFrame | None) -> list[str]:
     """Statements computed from the numbers; each carries the figures it rests on."""
     notes = []
-    stopped = trials[trials.status == "pruned"]
-    ran = trials[trials.status.isin(["completed", "pruned"])]
+    stopped = trials[trials.status == PRUNED]
+    ran = trials[trials.status.isin(FINISHED)]
     if len(ran):
         saved = 1 - ran.epochs_run.sum() / (len(ran) * max_epochs)
         notes.append(f"ASHA stopped {len(stopped)} of {len(ran)} finished trials early, saving {saved:.0%} "
                      f"of the epochs a full run of each would take.")
-    if final is None or final.empty or (final.status == "error").all():
+    if final is None or final.empty or (final.status == ERROR).all():
         return notes
-    ok = final[final.status != "error"]
+    ok = final[final.status != ERROR]
     stats = ok.groupby(["arch", "head"])["accuracy"].agg(["mean", "std", "count"]).fillna(0.0)
     stats = stats.sort_values("mean", ascending=False)
     chance = 1.0 / ok["num_classes"].iloc[0] if "num_classes" in ok else None
@@ -234,8 +226,6 @@ def observations(final: pd.DataFrame | None, trials: pd.DataFrame, max_epochs: i
 
 
 def provenance(spec: dict, final: pd.DataFrame | None) -> list[str]:
-    import torch
-
     versions = ", ".join(f"{k} {v}" for k, v in spec.get("versions", {}).items())
     devices = sorted(set(final["device"].dropna())) if final is not None and "device" in final else []
     lines = [f"- space `{spec.get('space', '?')}`, overrides {spec.get('overrides', [])}, seed {spec.get('seed')}, "
@@ -252,17 +242,17 @@ def provenance(spec: dict, final: pd.DataFrame | None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the document
-def build_report(experiment: Path) -> Path:
-    experiment = Path(experiment)
-    trials = analysis.load(experiment)  # raises NotAnExperimentError for a wrong path
-    spec, out = analysis.experiment_spec(experiment), experiment / "analysis"
+def build_report(path: str | Path) -> Path:
+    exp = Experiment.open(path)  # raises NotAnExperimentError for a wrong path
+    trials = exp.trials()
+    spec, out = exp.spec, exp.analysis_dir
     out.mkdir(parents=True, exist_ok=True)
-    settings = spec.get("settings", {})
+    settings = exp.settings
     max_epochs = int(spec.get("max_epochs", trials.get("epochs", pd.Series([1])).max()))  # no spec: trials say
-    md = [f"# headsweep report: {experiment.name}", ""]
+    md = [f"# headsweep report: {exp.name}", ""]
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     md += [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]
-    if len(trials) == 0 or (trials["status"] == "error").all():
+    if len(trials) == 0 or (trials["status"] == ERROR).all():
         md += ["## Every trial failed", "", "No trial produced a result, so there is nothing to compare. "
                "First errors:", ""]
         errors = trials.get("error", pd.Series(dtype=object)).dropna()
@@ -273,18 +263,18 @@ def build_report(experiment: Path) -> Path:
     final = pd.read_parquet(final_path) if final_path.exists() else None
     front = None
     md += ["## Summary (test set, mean +- std over seeds)", ""]
-    if final is None or (final["status"] == "error").all():
+    if final is None or (final["status"] == ERROR).all():
         md += ["No retrained models yet: run `python -m analysis.retrain EXPERIMENT` for test-set numbers. "
                "Best validation accuracy per (backbone, head) from the search:", "",
-               _table(analysis.best(trials)[["arch", "head", "trial_id", "best_val_acc", "epochs_run"]]), ""]
+               _table(exp.best(trials)[["arch", "head", "trial_id", "best_val_acc", "epochs_run"]]), ""]
     else:
         md += [_table(summary(final)), ""]
         path, front = plot_pareto(final, out)
         md += ["## Accuracy against epoch time", "", f"![pareto](figures/{path.name})", "",
                "Pareto front (no other combination is both faster and more accurate):", "",
                _table(front), ""]
-    chosen = analysis.best(trials)
-    path = plot_learning_curves(analysis.history(experiment), chosen, out)
+    chosen = exp.best(trials)
+    path = plot_learning_curves(exp.history(), chosen, out)
     md += ["## Learning curves of the best trials", "", f"![curves](figures/{path.name})", ""]
     rungs = asha_rungs(trials, settings, max_epochs)
     path = plot_rungs(rungs, out)
@@ -293,22 +283,23 @@ def build_report(experiment: Path) -> Path:
            f"![rungs](figures/{path.name})", ""]
     if final is not None and "confusion_file" in final and final["confusion_file"].notna().any():
         md += confusion_section(final, out)
-    scores, how = param_importance(experiment)
+    scores, how = param_importance(exp)
     md += ["## Parameter importance", "", f"{how}.", ""]
     if scores is not None:
         md += [_table(scores), ""]
     md += ["## Cost of the heads", ""]
-    if final is not None and (final["status"] != "error").any():
+    if final is not None and (final["status"] != ERROR).any():
         md += ["Multiply-adds per example from `complexity()` next to the measured share of a training "
                "step spent in the head and the epoch time.", "", _table(head_costs(final)), ""]
-    md += [f"- **{h}**: {HEAD_NOTES[h]}" for h in sorted(set(trials["head"].dropna())) if h in HEAD_NOTES]
+    md += [f"- **{h}**: {heads.head_class(h).cost_note}" for h in sorted(set(trials["head"].dropna()))
+           if h in heads.HEADS]
     md += ["", "## Observations", "", *[f"- {n}" for n in observations(final, trials, max_epochs, front)], "",
            "## Provenance", "", *provenance(spec, final)]
     return _write(out, md)
 
 
 def confusion_section(final: pd.DataFrame, out: Path) -> list[str]:
-    ok = final[(final["status"] != "error") & final["confusion_file"].notna()]
+    ok = final[(final["status"] != ERROR) & final["confusion_file"].notna()]
     best_label = ok.groupby("label")["accuracy"].mean().idxmax()
     rows = ok[ok["label"] == best_label]
     md = ["## Confusion matrices", "", f"{best_label}, summed over {len(rows)} seeds, rows normalised.", ""]
@@ -326,17 +317,12 @@ def _write(out: Path, md: list[str]) -> Path:
     return path
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
-    args = p.parse_args(argv)
-    try:
-        path = build_report(Path(args.experiment))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
+    print(f"wrote {build_report(p.parse_args(argv).experiment)}")
     return 0
 
 

@@ -16,40 +16,69 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-import analysis
 from analysis.metrics import classification_metrics
 from analysis.results import to_parquet
+from common.cli import guard
+from common.status import ERROR, FINISHED
+from tuning import data, engine
+from tuning.config import TrainConfig
+from tuning.experiment import Experiment
+from tuning.loader import DeviceLoader
 
 # Keys a config inherits from the search that make no sense for a retrain on train+val.
 _DROP = ("val_fraction", "train_limit")
 
 
-def select(experiment: Path, top_k: int) -> pd.DataFrame:
-    """Top-k trials per (arch, head) by best validation accuracy: the test set plays no part."""
-    trials = analysis.load(experiment)
-    if trials.empty or not trials["status"].isin(["completed", "pruned"]).any():
-        raise ValueError(f"{experiment}: no trial finished, nothing to retrain")
-    return analysis.best(trials, k=top_k)
+def select(exp: Experiment, top_k: int) -> pd.DataFrame:
+    """Top-k trials per (arch, head) by the search's validation metric: the test set plays no part."""
+    trials = exp.trials()
+    if trials.empty or not trials["status"].isin(FINISHED).any():
+        raise ValueError(f"{exp.uri}: no trial finished, nothing to retrain")
+    return exp.best(trials, k=top_k)
 
 
-def trial_config(row: pd.Series) -> dict:
-    """The flat trial config of a trials-DataFrame row (its params.json)."""
-    return json.loads((Path(row["path"]) / "params.json").read_text())
+def head_time_share(trained: engine.Trained, split: data.Split, steps: int = 10) -> float:
+    """Share of a training step's time spent in the head (its loss forward + backward).
+
+    Times `steps` full steps (backbone + head, forward + backward) and the head alone on the
+    same batches' features, side by side; no optimizer step is applied.
+    """
+    model, cfg, device = trained.model, trained.cfg, trained.device
+    loader = DeviceLoader(split.x_train, split.y_train, cfg.batch_size, device, train=True,
+                                 mean=trained.stats[0], std=trained.stats[1], channels_last=cfg.channels_last)
+    batches = [b for _, b in zip(range(steps), loader)]
+    model.train()
+
+    def timed(loss_of) -> float:
+        engine.sync(device)
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(batches):
+            with engine.autocast(cfg, device):
+                loss = model.head.loss(loss_of(i, x), y)
+            loss.backward()
+        engine.sync(device)
+        return time.perf_counter() - start
+
+    with torch.no_grad(), engine.autocast(cfg, device):
+        features = [trained.forward(x).detach().requires_grad_() for x, _ in batches]
+    total = timed(lambda i, x: trained.forward(x))
+    share = timed(lambda i, x: features[i]) / total
+    model.zero_grad(set_to_none=True)
+    return share
 
 
-def retrain_one(config: dict, seed: int, split, out_dir: Path, label: str, epochs: int | None = None) -> dict:
+def retrain_one(config: dict, seed: int, split: data.Split, out_dir: Path, label: str,
+                epochs: int | None = None) -> dict:
     """Train one config with one seed on train+val, then evaluate it once on the test set."""
-    from tuning import engine
-    from tuning.config import TrainConfig
-
     flat = {k: v for k, v in config.items() if k not in _DROP}
     flat.update(seed=seed, **({"epochs": epochs} if epochs else {}))
     cfg = TrainConfig.from_dict(flat)
     fit = engine.fit(cfg, split)
-    run = fit.run
-    share = engine.head_time_share(run)
-    test = engine.evaluate(run.model, engine.eval_loader(run, split.x_test, split.y_test), cfg,
+    trained = fit.trained
+    share = head_time_share(trained, split)
+    test = engine.evaluate(trained, trained.loader(split.x_test, split.y_test),
                            return_log_probs=True)  # the one evaluation on the test set
     metrics = classification_metrics(split.y_test, test["log_probs"], split.dataset.class_to_group)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,26 +88,18 @@ def retrain_one(config: dict, seed: int, split, out_dir: Path, label: str, epoch
             files[f"{key}_file"] = f"{key}_{label}_seed{seed}.npy"
             np.save(out_dir / files[f"{key}_file"], metrics.pop(key))
     times = [h["epoch_time_s"] for h in fit.history]
-    cost = run.model.head.cost()
+    model = trained.model
+    cost = model.head.cost()
     return {"label": label, "arch": cfg.arch, "head": cfg.head, "seed": seed, "status": fit.status,
             "epochs": len(fit.history), **metrics, "test_loss": test["loss"],
             "epoch_time_s_mean": float(np.mean(times)), "epoch_time_s_std": float(np.std(times)),
             "images_per_s": float(np.mean([h["images_per_s"] for h in fit.history])),
-            "head_time_share": share, "params": sum(p.numel() for p in run.model.parameters()),
+            "head_time_share": share, "params": sum(p.numel() for p in model.parameters()),
             "head_train_madds": cost["train_madds"], "head_log_prob_madds": cost["log_prob_madds"],
             "head_predict_madds": cost["predict_madds"], "head_formula": cost["formula"],
-            "softmax_madds": run.model.backbone.num_features * split.dataset.num_classes,  # d*C, the baseline
+            "softmax_madds": model.backbone.num_features * split.dataset.num_classes,  # d*C, the baseline
             "num_classes": split.dataset.num_classes,
-            "device": str(run.device), "config": json.dumps(cfg.to_flat(), default=str), **files}
-
-
-def load_data(experiment: Path, spec: dict, data_dir: str | None):
-    """The search's dataset, all training images as training data."""
-    from tuning import data
-    from tuning.search import data_folder
-
-    folder = data_folder(spec.get("settings", {}), experiment, data_dir or spec.get("data_dir", "data"))
-    return data.full_train_split(data.load_dataset(spec.get("constants", {}).get("dataset", "cifar100"), folder))
+            "device": str(trained.device), "config": json.dumps(cfg.to_flat(), default=str), **files}
 
 
 def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: float, gpus: float,
@@ -101,12 +122,13 @@ def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: 
                       f"test accuracy {rows[-1]['accuracy']:.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
             except Exception as exc:  # one failed retrain must not lose the others
                 print(f"{job['label']} seed {job['seed']} failed: {exc}", file=sys.stderr)
-                rows.append({"label": job["label"], "seed": job["seed"], "status": "error", "error": str(exc)})
+                rows.append({"label": job["label"], "seed": job["seed"], "status": ERROR, "error": str(exc)})
         return rows
     finally:
         ray.shutdown()
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.retrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,34 +141,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus-per-task", type=float, help="default: the search's gpus_per_trial where GPUs exist")
     p.add_argument("--address", help="an existing Ray cluster")
     args = p.parse_args(argv)
-    try:
-        for name in ("top_k", "seeds", "epochs"):
-            value = getattr(args, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')}={value} must be >= 1")
-        experiment = Path(args.experiment)
-        chosen = select(experiment, args.top_k)
-        spec = analysis.experiment_spec(experiment)
-        split = load_data(experiment, spec, args.data_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    settings = spec.get("settings", {})
-    import torch
-
+    for name in ("top_k", "seeds", "epochs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} must be >= 1")
+    exp = Experiment.open(args.experiment)
+    chosen = select(exp, args.top_k)
+    split = data.full_train_split(exp.load_dataset(args.data_dir))  # all training images are training data
+    settings = exp.settings
     gpus = args.gpus_per_task if args.gpus_per_task is not None else \
         (settings.get("gpus_per_trial", 0.0) if torch.cuda.is_available() else 0.0)
-    jobs = [{"config": trial_config(row), "seed": seed, "label": f"{row['arch']}-{row['head']}-{row['trial_id']}"}
+    jobs = [{"config": exp.trial_config(row["path"]), "seed": seed,
+             "label": f"{row['arch']}-{row['head']}-{row['trial_id']}"}
             for _, row in chosen.iterrows() for seed in range(args.seeds)]
     print(f"retraining {len(chosen)} configs x {args.seeds} seeds = {len(jobs)} runs on train+val "
           f"({len(split.y_train)} images); test set: {len(split.y_test)} images, evaluated once per run", flush=True)
-    out_dir = experiment / "analysis"
+    out_dir = exp.analysis_dir
     rows = run_tasks(jobs, split, out_dir, args.epochs, args.cpus_per_task or settings.get("cpus_per_trial", 1.0),
                      gpus, args.address)
     final = pd.DataFrame(rows)
     to_parquet(final, out_dir / "final.parquet")
     print(f"wrote {out_dir / 'final.parquet'} ({len(final)} rows)")
-    return 0 if (final["status"] != "error").any() else 1
+    return 0 if (final["status"] != ERROR).any() else 1
 
 
 if __name__ == "__main__":

@@ -1,34 +1,29 @@
 from __future__ import annotations
 
-import inspect
 from typing import Sequence
 
-from tuning.registry import Registry, check_kwargs
+from common.registry import Registry
 
-_HEADS = Registry("head")
-register_head = _HEADS.register
-list_heads = _HEADS.list
-head_class = _HEADS.get
-
-# Data-derived arguments: handed to the heads that declare them, ignored by the others.
-_DATA_ARGS = ("hierarchy", "class_counts")
+HEADS = Registry("head", reserved={
+    "in_features": "the backbone (its num_features)", "num_classes": "the dataset",
+    "hierarchy": "the dataset (its class hierarchy)", "class_counts": "the dataset (its training labels)",
+    "label_smoothing": "the training config (key label_smoothing)"})
+register_head = HEADS.register
+list_heads = HEADS.list
+head_class = HEADS.get
 
 
 def create_head(name: str, in_features: int, num_classes: int, hierarchy: Sequence | None = None,
-                class_counts: Sequence[int] | None = None, **hp):
-    """Build head `name`; `hp` are its own hyperparameters, refused by name if unknown."""
-    cls = _HEADS.get(name)
-    check_kwargs(cls.__init__, hp, f"head {name!r}")
-    params = inspect.signature(cls.__init__).parameters
-    data = {k: v for k, v in zip(_DATA_ARGS, (hierarchy, class_counts)) if k in params}
-    return cls(in_features, num_classes, **data, **hp)
+                class_counts: Sequence[int] | None = None, label_smoothing: float = 0.0, **options):
+    """Build head `name`; `options` are its own, checked by name and type. The data arguments
+    go to the heads that declare them (hierarchy to hierarchical, class_counts to adaptive)."""
+    data = dict(in_features=in_features, num_classes=num_classes, hierarchy=hierarchy, class_counts=class_counts,
+                label_smoothing=label_smoothing)
+    return HEADS.create(name, data, options)
 
 
 def head_complexity(name: str, in_features: int, num_classes: int, hierarchy: Sequence | None = None,
-                    **hp) -> dict:
+                    **options) -> dict:
     """Multiply-adds per example of head `name` without building it (see Head.complexity)."""
-    cls = _HEADS.get(name)
-    check_kwargs(cls.__init__, hp, f"head {name!r}")
-    if "hierarchy" in inspect.signature(cls.__init__).parameters:
-        hp["hierarchy"] = hierarchy
-    return cls.complexity(in_features, num_classes, **hp)
+    HEADS.check(name, options)
+    return HEADS.get(name).complexity(in_features, num_classes, hierarchy=hierarchy, **options)

@@ -28,6 +28,14 @@ def default_cutoffs(num_classes: int) -> list[int]:
     return sorted({c for c in (round(num_classes * 0.2), round(num_classes * 0.6)) if 0 < c < num_classes})
 
 
+def cutoffs_from_shares(num_classes: int, head_share: float, clusters: int) -> list[int]:
+    """Cutoffs with `head_share` of the classes in the head and tail clusters doubling in size."""
+    c0 = min(max(1, round(num_classes * head_share)), num_classes - 1)
+    tail, parts = num_classes - c0, 2 ** clusters - 1
+    cuts = [c0] + [c0 + round(tail * (2 ** i - 1) / parts) for i in range(1, clusters)]
+    return sorted({c for c in cuts if 0 < c < num_classes})
+
+
 def check_cutoffs(cutoffs: Sequence[int], num_classes: int) -> list[int]:
     cut = [int(c) for c in cutoffs]
     if not cut or cut != sorted(set(cut)) or any(c != float(o) for c, o in zip(cut, cutoffs)):
@@ -50,6 +58,15 @@ def frequency_order(class_counts: Sequence[int] | None, num_classes: int) -> np.
 @register_head(name="adaptive")
 class AdaptiveHead(Head):
     supports_label_smoothing = False
+    cost_note = ("a full-rank head for frequent classes plus low-rank tail clusters: the head always, a tail "
+                 "only for its targets; about O(d*(c0 + n) + sum_i share_i * (d*h_i + h_i*|C_i|)).")
+
+    @classmethod
+    def suggest(cls, trial, num_classes):
+        share = trial.suggest_float("search_adaptive_head_share", 0.1, 0.6)
+        clusters = trial.suggest_int("search_adaptive_clusters", 1, 3)
+        trial.suggest_float("head_div_value", 1.5, 8.0, log=True)
+        return {"head_cutoffs": cutoffs_from_shares(num_classes, share, clusters)}
 
     def __init__(self, in_features: int, num_classes: int, cutoffs: Sequence[int] | None = None,
                  div_value: float = 4.0, head_bias: bool = False, class_counts: Sequence[int] | None = None,

@@ -7,6 +7,12 @@
   the training loss, the full log_prob and predict, with the formula as text.
   Backward costs about twice the forward for every dense layer, so ratios between
   heads hold for a whole training step too.
+- `cost_note`: one line for the report on what the head costs and why;
+- `suggest(trial, num_classes)`: the search ranges of the head's options, define-by-run
+  (Optuna's `trial.suggest_*`, flat `head_<option>` names); returns keys derived from them.
+
+Options are the annotated keyword parameters of `__init__`; `in_features`, `num_classes`,
+`hierarchy`, `class_counts` and `label_smoothing` come from the data and the trial config.
 """
 from __future__ import annotations
 
@@ -16,6 +22,16 @@ from torch import nn
 
 class Head(nn.Module):
     supports_label_smoothing = True
+    cost_note = ""  # one line for the report: the head's time complexity, in words
+
+    @classmethod
+    def suggest(cls, trial, num_classes: int) -> dict:
+        """Suggest this head's options as `head_<option>` on an Optuna trial; return derived keys.
+
+        Every head declares its own, even an empty one: inheriting another head's ranges
+        would search options this head may not have.
+        """
+        raise NotImplementedError(f"head {cls.__name__} declares no search ranges (suggest)")
 
     def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0):
         super().__init__()
@@ -40,6 +56,7 @@ class Head(nn.Module):
 
     @classmethod
     def complexity(cls, in_features: int, num_classes: int, **hp) -> dict:
+        """`hp`: the head's options (and `hierarchy`); those that do not change the cost are ignored."""
         raise NotImplementedError
 
     def cost(self) -> dict:

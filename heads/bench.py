@@ -11,12 +11,14 @@ default cutoffs (20% / 60% of C); sampled k = --num-sampled.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
 import heads
+from common.cli import guard
 
 OPS = ("train", "log_prob", "predict")
 
@@ -91,7 +93,8 @@ def markdown_table(df) -> str:
     return df[cols].to_markdown(index=False, floatfmt=".3g")
 
 
-def main(argv: list[str] | None = None):
+@guard
+def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None):
         p.error(f"--classes {classes} must all be >= 2, --dim and --batch >= 1")
     names = args.heads.split(",")
     for n in names:
-        heads.head_class(n)  # unknown names fail here, before any timing
+        heads.head_class(n)  # unknown names fail here (one line, exit 2), before any timing
     if "softmax" not in names:
         names.insert(0, "softmax")  # the baseline of every ratio
     rows = []
@@ -130,8 +133,8 @@ def main(argv: list[str] | None = None):
     print(markdown_table(df))
     print(f"wrote {out / 'heads_bench.csv'} and {out / 'heads_bench.png'} "
           f"(d={args.dim}, batch={args.batch}, {args.device}, {torch.get_num_threads()} threads)")
-    return df
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

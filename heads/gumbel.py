@@ -24,6 +24,15 @@ from heads.softmax import SoftmaxHead
 
 @register_head(name="gumbel")
 class GumbelSoftmaxHead(SoftmaxHead):
+    cost_note = "all C logits plus C Gumbel draws: O(d*C) like softmax; it changes the training signal, not the cost."
+
+    @classmethod
+    def suggest(cls, trial, num_classes):
+        trial.suggest_float("head_tau", 0.2, 5.0, log=True)
+        trial.suggest_categorical("head_hard", [False, True])
+        trial.suggest_float("head_anneal_rate", 1e-5, 1e-2, log=True)  # per step
+        return {}
+
     def __init__(self, in_features: int, num_classes: int, tau: float = 1.0, hard: bool = False,
                  anneal_rate: float = 0.0, tau_min: float = 0.1, label_smoothing: float = 0.0):
         super().__init__(in_features, num_classes, label_smoothing)

@@ -62,6 +62,14 @@ def resolve_groups(num_classes: int, hierarchy=None, tree: str = "auto", num_gro
 
 @register_head(name="hierarchical")
 class HierarchicalHead(Head):
+    cost_note = ("K groups then the classes of one group: O(d*(K + C/K)) to train and for greedy predict, "
+                 "minimal at K = sqrt(C); the full distribution still needs O(d*(K + C)).")
+
+    @classmethod
+    def suggest(cls, trial, num_classes):
+        trial.suggest_categorical("head_tree", ["dataset", "balanced"])
+        return {}
+
     def __init__(self, in_features: int, num_classes: int, hierarchy=None, tree: str = "auto",
                  num_groups: int | None = None, predict_mode: str = "greedy", label_smoothing: float = 0.0):
         super().__init__(in_features, num_classes, label_smoothing)

@@ -24,6 +24,12 @@ PROPOSALS = ("uniform", "log_uniform")
 @register_head(name="sampled")
 class SampledSoftmaxHead(SoftmaxHead):
     supports_label_smoothing = False
+    cost_note = "the target and k sampled classes in training, O(d*(k+1)); evaluation is the full O(d*C) softmax."
+
+    @classmethod
+    def suggest(cls, trial, num_classes):
+        trial.suggest_int("head_num_sampled", 4, max(4, num_classes // 2), log=True)
+        return {}
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int = 64, proposal: str = "uniform",
                  label_smoothing: float = 0.0):

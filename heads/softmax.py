@@ -12,6 +12,12 @@ from heads.base import Head, madds, smoothed_nll
 
 @register_head(name="softmax")
 class SoftmaxHead(Head):
+    cost_note = "one d x C matrix: O(d*C) to train, to normalise and to predict."
+
+    @classmethod
+    def suggest(cls, trial, num_classes):
+        return {}  # no options of its own; label smoothing is a training key
+
     def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0):
         super().__init__(in_features, num_classes, label_smoothing)
         self.fc = nn.Linear(in_features, num_classes)

@@ -5,20 +5,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tuning.registry import Registry, check_kwargs
+from common.registry import Registry
 
-_MODELS = Registry("model")
-register_model = _MODELS.register
-list_models = _MODELS.list
-model_entry = _MODELS.get
+MODELS = Registry("model", reserved={"in_chans": "the dataset (its image channels)",
+                                     "img_size": "the dataset (its image size)"})
+register_model = MODELS.register
+list_models = MODELS.list
+model_entry = MODELS.get
 
 
 def create_model(name: str, in_chans: int = 3, img_size: int = 32, pretrained: str | None = None,
-                 **kwargs) -> nn.Module:
+                 **options) -> nn.Module:
     """Build backbone `name`; `pretrained` is a local state-dict file (nothing is downloaded)."""
-    fn = _MODELS.get(name)
-    check_kwargs(fn, kwargs, f"model {name!r}")
-    model = fn(in_chans=in_chans, img_size=img_size, **kwargs)
+    model = MODELS.create(name, {"in_chans": in_chans, "img_size": img_size}, options)
     if pretrained:
         path = Path(pretrained)
         if not path.is_file():

@@ -30,7 +30,10 @@ def _per_block(value: float | Sequence[float], n: int, what: str) -> list[float]
     return values
 
 
+@register_model(name="cnn")
 class ConvNet(nn.Module):
+    """The bare configurable CNN (`cnn`): every argument is an option."""
+
     def __init__(self, in_chans: int = 3, img_size: int = 32, widths: Sequence[int] = (32, 64, 128),
                  convs_per_block: int = 1, batch_norm: bool = False, act: str = "relu", pool: str = "max",
                  dropout: float | Sequence[float] = 0.0, fc_widths: Sequence[int] = (256,), fc_dropout: float = 0.0):
@@ -66,13 +69,8 @@ def _create_cnn(in_chans: int, img_size: int, defaults: dict, overrides: dict) -
 
 
 @register_model
-def cnn(in_chans=3, img_size=32, **kwargs) -> ConvNet:
-    """The bare configurable CNN; every ConvNet argument is an option."""
-    return _create_cnn(in_chans, img_size, {}, kwargs)
-
-
-@register_model
-def cnn_base(in_chans=3, img_size=32, batch_norm=False, act="relu", pool="max", dropout=0.0, extra_block=False):
+def cnn_base(in_chans: int = 3, img_size: int = 32, batch_norm: bool = False, act: str = "relu", pool: str = "max",
+             dropout: float = 0.0, extra_block: bool = False) -> ConvNet:
     """3 conv + 3 FC (2 hidden here; the head is the third)."""
     widths = (32, 64, 128, 256) if extra_block else (32, 64, 128)
     return _create_cnn(in_chans, img_size, dict(widths=widths, fc_widths=(512, 256)),
@@ -80,21 +78,21 @@ def cnn_base(in_chans=3, img_size=32, batch_norm=False, act="relu", pool="max", 
 
 
 @register_model
-def cnn_bn4(in_chans=3, img_size=32, act="relu", pool="max", dropout=0.0):
+def cnn_bn4(in_chans: int = 3, img_size: int = 32, act: str = "relu", pool: str = "max", dropout: float = 0.0) -> ConvNet:
     """4 conv blocks with BatchNorm, 2 hidden FC."""
     return _create_cnn(in_chans, img_size, dict(widths=(32, 64, 128, 256), batch_norm=True, fc_widths=(512, 256)),
                        dict(act=act, pool=pool, dropout=dropout))
 
 
 @register_model
-def cnn_keras(in_chans=3, img_size=32, act="relu", pool="max"):
+def cnn_keras(in_chans: int = 3, img_size: int = 32, act: str = "relu", pool: str = "max") -> ConvNet:
     """Keras-example style: 3 conv blocks, dropout 0.1 / 0.25 / 0.25 after them, FC 512 with dropout 0.5."""
     return _create_cnn(in_chans, img_size, dict(widths=(32, 64, 128), dropout=(0.1, 0.25, 0.25), fc_widths=(512,),
                                                 fc_dropout=0.5), dict(act=act, pool=pool))
 
 
 @register_model
-def cnn_vgg(in_chans=3, img_size=32, act="relu", dropout=0.3):
+def cnn_vgg(in_chans: int = 3, img_size: int = 32, act: str = "relu", dropout: float = 0.3) -> ConvNet:
     """VGG-like: 8 conv (4 blocks of 2) with BatchNorm and dropout, FC 1024."""
     return _create_cnn(in_chans, img_size, dict(widths=(64, 128, 256, 512), convs_per_block=2, batch_norm=True,
                                                 fc_widths=(1024,), fc_dropout=0.5), dict(act=act, dropout=dropout))

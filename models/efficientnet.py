@@ -9,7 +9,7 @@ from models._registry import register_model
 
 
 @register_model
-def efficientnet_b0(in_chans=3, img_size=32, drop_rate=0.2, drop_path_rate=0.2):
+def efficientnet_b0(in_chans: int = 3, img_size: int = 32, drop_rate: float = 0.2, drop_path_rate: float = 0.2):
     net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=0, in_chans=in_chans,
                             drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     net.conv_stem.stride = (1, 1)

@@ -18,7 +18,7 @@ class _Backbone(nn.Module):
 
 
 @register_model
-def resnet18(in_chans=3, img_size=32):
+def resnet18(in_chans: int = 3, img_size: int = 32) -> nn.Module:
     net = tv_resnet18(weights=None)
     net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

@@ -12,12 +12,12 @@ def _create_vit(variant: str, in_chans: int, img_size: int, drop_path_rate: floa
 
 
 @register_model
-def vit_tiny(in_chans=3, img_size=32, drop_path_rate=0.1):
+def vit_tiny(in_chans: int = 3, img_size: int = 32, drop_path_rate: float = 0.1):
     """ViT-Ti: 12 blocks, width 192, 3 heads; 64 tokens at 32x32."""
     return _create_vit("vit_tiny_patch16_224", in_chans, img_size, drop_path_rate)
 
 
 @register_model
-def vit_small(in_chans=3, img_size=32, drop_path_rate=0.1):
+def vit_small(in_chans: int = 3, img_size: int = 32, drop_path_rate: float = 0.1):
     """ViT-S: 12 blocks, width 384, 6 heads."""
     return _create_vit("vit_small_patch16_224", in_chans, img_size, drop_path_rate)

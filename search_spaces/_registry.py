@@ -3,11 +3,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from tuning.registry import Registry
+from common.registry import Registry
+from tuning.config import TrainConfig
 
-_SPACES = Registry("space")
-register_space = _SPACES.register
-list_spaces = _SPACES.list
+SPACES = Registry("space")
+register_space = SPACES.register
+list_spaces = SPACES.list
 
 # Search settings a space sets and `--set` may override; everything else in a space's
 # constants is a trial-config key.
@@ -39,14 +40,10 @@ class Space:
     @property
     def max_epochs(self) -> int:
         """Epochs of a full trial: ASHA's max_t, and what a trial must reach not to count as pruned."""
-        from tuning.config import TrainConfig
-
         return int(self.constants.get("epochs", TrainConfig().epochs))
 
     def with_overrides(self, overrides: dict) -> "Space":
         """A copy with `--set` values applied: a setting, a constant or any trial-config key."""
-        from tuning.config import TrainConfig
-
         settings, constants = dict(self.settings), dict(self.constants)
         fields = set(TrainConfig.__dataclass_fields__) - {"model_kwargs", "head_kwargs"}
         for key, value in overrides.items():
@@ -62,7 +59,7 @@ class Space:
 
 
 def get_space(name: str) -> Space:
-    return _SPACES.get(name)()
+    return SPACES.get(name)()
 
 
 def define_by_run(space: Space, trial) -> dict:

@@ -1,28 +1,20 @@
 """The named spaces. Parameter names are flat and stable: they become DataFrame columns.
 
 Searched everywhere: lr (log), momentum, weight decay (log), batch size, optimizer where
-relevant, head; label smoothing only for heads that support it. Conditional head
-options: tau / hard / anneal_rate for gumbel; cutoffs (from `search_adaptive_*`) and
-div_value for adaptive; k for sampled; the tree for hierarchical.
+relevant, head; label smoothing only for heads that support it. Each head's own options
+and their ranges come from the head itself (`Head.suggest` in heads/), so the registry is
+the one list of heads.
 """
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import heads
 from search_spaces._registry import Space, register_space
 
-ALL_HEADS = ("softmax", "hierarchical", "adaptive", "sampled", "gumbel")
 CNN_PRESETS = ("cnn_base", "cnn_bn4", "cnn_keras", "cnn_vgg")
 CIFAR100 = {"dataset": "cifar100"}
-
-
-def adaptive_cutoffs(num_classes: int, head_share: float, clusters: int) -> list[int]:
-    """Cutoffs with `head_share` of the classes in the head and tail clusters doubling in size."""
-    c0 = min(max(1, round(num_classes * head_share)), num_classes - 1)
-    tail, parts = num_classes - c0, 2 ** clusters - 1
-    cuts = [c0] + [c0 + round(tail * (2 ** i - 1) / parts) for i in range(1, clusters)]
-    return sorted({c for c in cuts if 0 < c < num_classes})
 
 
 def suggest_training(trial, optimizers=("sgd", "adamw"), batch_sizes=(64, 128, 256)) -> None:
@@ -34,25 +26,14 @@ def suggest_training(trial, optimizers=("sgd", "adamw"), batch_sizes=(64, 128, 2
     trial.suggest_categorical("batch_size", list(batch_sizes))
 
 
-def suggest_head(trial, num_classes: int, choices=ALL_HEADS) -> dict:
-    """The head and its conditional options; returns the derived `head_cutoffs` for adaptive."""
-    head = trial.suggest_categorical("head", list(choices)) if len(choices) > 1 else choices[0]
-    if heads.head_class(head).supports_label_smoothing:
+def suggest_head(trial, num_classes: int, choices: Sequence[str] | None = None) -> dict:
+    """The head (every registered one by default) and its own options; returns the keys they derive."""
+    choices = list(choices or heads.list_heads())
+    head = trial.suggest_categorical("head", choices) if len(choices) > 1 else choices[0]
+    cls = heads.head_class(head)
+    if cls.supports_label_smoothing:
         trial.suggest_float("label_smoothing", 0.0, 0.2)
-    if head == "gumbel":
-        trial.suggest_float("head_tau", 0.2, 5.0, log=True)
-        trial.suggest_categorical("head_hard", [False, True])
-        trial.suggest_float("head_anneal_rate", 1e-5, 1e-2, log=True)  # per step
-    elif head == "adaptive":
-        share = trial.suggest_float("search_adaptive_head_share", 0.1, 0.6)
-        clusters = trial.suggest_int("search_adaptive_clusters", 1, 3)
-        trial.suggest_float("head_div_value", 1.5, 8.0, log=True)
-        return {"head_cutoffs": adaptive_cutoffs(num_classes, share, clusters)}
-    elif head == "sampled":
-        trial.suggest_int("head_num_sampled", 4, num_classes // 2, log=True)
-    elif head == "hierarchical":
-        trial.suggest_categorical("head_tree", ["dataset", "balanced"])
-    return {}
+    return cls.suggest(trial, num_classes)
 
 
 def _suggest_arch_training_head(trial, archs, num_classes, optimizers):

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -5,6 +8,29 @@ import pytest
 from tuning import fake_data
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_stays_fast(request, monkeypatch):
+    """Under `make test-fast`, a test that starts Ray or a Python subprocess fails: mark it slow."""
+    if not os.environ.get("HEADSWEEP_FAST_TIER") or "slow" in request.keywords:
+        return
+    import ray
+
+    def refuse(what):
+        def call(*args, **kwargs):
+            raise RuntimeError(f"{request.node.nodeid} {what} in the fast tier: mark it @pytest.mark.slow")
+        return call
+
+    real_popen = subprocess.Popen.__init__
+
+    def popen(self, args, *rest, **kwargs):
+        if (args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]) == sys.executable:
+            refuse("runs a Python subprocess")()
+        real_popen(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(ray, "init", refuse("starts Ray"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
 
 
 @pytest.fixture(scope="session")

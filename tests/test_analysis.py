@@ -156,8 +156,8 @@ def test_test_set_is_evaluated_once_per_retrained_model(fake_dir, tmp_path, monk
     from tuning import data, engine
 
     calls, real = [], engine.evaluate
-    monkeypatch.setattr(engine, "evaluate", lambda model, loader, cfg, **kw: calls.append(loader.num_images)
-                        or real(model, loader, cfg, **kw))
+    monkeypatch.setattr(engine, "evaluate", lambda trained, loader, **kw: calls.append(loader.num_images)
+                        or real(trained, loader, **kw))
     ds = data.load_dataset("cifar100", fake_dir, download=False)
     config = {"arch": "cnn", "model_widths": [8], "model_fc_widths": [16], "epochs": 2, "batch_size": 64,
               "val_fraction": 0.1}

@@ -41,6 +41,7 @@ def test_missing_data_offline(capsys, tmp_path):
     assert "CIFAR-100 files are missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_shows_units():
     out = subprocess.run([sys.executable, "-m", "tuning.train", "--help"], capture_output=True, text=True).stdout
     assert "images per optimizer step" in out and "--head-opt KEY=VALUE" in out

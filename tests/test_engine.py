@@ -70,6 +70,7 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert [engine.lr_factor(s, step, 1) for s in (0, 10, 20)] == pytest.approx([1.0, 0.1, 0.01])
 
 
+@pytest.mark.slow
 def test_short_run_on_real_cifar100_learns(real_cifar100):
     """cnn_bn4 on 10k real images, 3 epochs: chance is 1%; it must clearly beat it."""
     split = data.split_train_val(real_cifar100, 0.1, 0, train_limit=10000)
@@ -105,7 +106,7 @@ def test_every_head_trains_through_the_engine(fake_dir, head):
     result = engine.fit(cfg, _split(fake_dir))
     assert result.status == "completed" and math.isfinite(result.last["val_loss"])
     if head == "hierarchical":  # CIFAR-100's superclasses became the tree
-        assert len(result.run.model.head.groups) == 20
+        assert len(result.trained.model.head.groups) == 20
 
 
 def test_label_smoothing_refused_by_heads_that_cannot_smooth(fake_dir):

@@ -224,9 +224,12 @@ def test_complexity_formulas():
 def test_bench_writes_csv_plot_and_ratios(tmp_path):
     from heads import bench
 
-    df = bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-run-time", "0.01",
-                     "--out", str(tmp_path)])
+    import pandas as pd
+
+    assert bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-run-time", "0.01",
+                       "--out", str(tmp_path)]) == 0
     assert (tmp_path / "heads_bench.csv").stat().st_size > 0 and (tmp_path / "heads_bench.png").stat().st_size > 0
+    df = pd.read_csv(tmp_path / "heads_bench.csv")
     assert sorted(df["head"].unique()) == heads.list_heads() and len(df) == 10
     soft = df[df["head"] == "softmax"]
     assert (soft.train_speedup == 1.0).all() and (soft.train_speedup_predicted == 1.0).all()

@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+import heads
 import search_spaces
-from search_spaces.spaces import ALL_HEADS
 from tuning import search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_sampled_configs_satisfy_the_constraints(name):
     if "head" in space.constants:
         assert seen_heads == {space.constants["head"]}
     else:
-        assert seen_heads == set(ALL_HEADS)
+        assert seen_heads == set(heads.list_heads())
 
 
 @pytest.mark.parametrize("name", search_spaces.list_spaces())
@@ -213,24 +213,32 @@ def test_storage_uri(tmp_path):
         assert json.loads((tmp_path / "remote" / name / "spec.json").read_text())["space"] == "smoke"
         assert len(_results(tmp_path / "remote" / name)) == 2
         assert (journal_dir / "optuna.log").stat().st_size > 0
+        spec = json.loads((tmp_path / "remote" / name / "spec.json").read_text())
+        assert spec["journal"] == str(journal_dir / "optuna.log") and spec["studies"] == [name]
+        # The journal is copied into the experiment at the end, so a copy of it carries its study along.
+        shutil.rmtree(journal_dir)
+        from tuning.experiment import Experiment
+
+        assert len(Experiment.open(tmp_path / "remote" / name).load_study().trials) == 2
         again = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", name])
         assert again == 2  # exists: refuses to overwrite without --resume
     finally:
         shutil.rmtree(journal_dir, ignore_errors=True)
 
 
-def test_summary_leaves_out_diverged_trials():
+def test_summary_leaves_out_diverged_trials(capsys):
     import pandas as pd
 
-    class Result:
-        def __init__(self, trial_id, **metrics):
-            self.metrics = {"trial_id": trial_id, "training_iteration": 2, **metrics}
+    from tuning.experiment import Experiment
 
-    class Grid(list):
-        def get_dataframe(self, filter_metric, filter_mode):
-            return pd.DataFrame({"trial_id": ["a", "b", "c"], "val_acc": [0.5, 0.3, 0.1],
-                                 "config/arch": ["cnn"] * 3, "config/head": ["softmax", "softmax", "gumbel"]})
+    class Exp(Experiment):  # the trial table of three trials, one diverged, without a folder
+        spec = {"settings": {"metric": "val_acc", "mode": "max"}}
 
-    grid = Grid([Result("a", diverged=True), Result("b"), Result("c")])
-    best = search.summarize(grid, "val_acc", "max")
-    assert sorted(best.trial_id) == ["b", "c"] and set(best.epochs_run) == {2}
+        def trials(self):
+            return pd.DataFrame({"trial_id": ["a", "b", "c"], "best_val_acc": [0.5, 0.3, 0.1],
+                                 "status": ["diverged", "completed", "completed"], "epochs_run": [2, 2, 2],
+                                 "arch": ["cnn"] * 3, "head": ["softmax", "softmax", "gumbel"]})
+
+    assert search.summarize(Exp("x", Path("x"))) == 0
+    best = capsys.readouterr().out.split("best trial per (backbone, head):")[1].split()
+    assert "a" not in best and "b" in best and "c" in best and best.count("2") == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 import heads
 import models
+from common.cli import guard
 from tuning import data
 from tuning.engine import resolve_device
 from tuning.loader import DeviceLoader, channel_stats
@@ -86,7 +88,8 @@ def torchvision_loader(x: np.ndarray, y: np.ndarray, batch_size: int, workers: i
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
 
-def main(argv: list[str] | None = None) -> dict:
+@guard
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--data-dir", default="data")
@@ -116,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ratio device_loader / torchvision_dataloader: {results['ratio']:.2f}x "
           f"({args.arch}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads)")
     print(json.dumps({**results, "arch": args.arch, "batch_size": args.batch_size, "device": str(device)}))
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,16 +3,22 @@
 Flat keys become DataFrame columns after a search. Backbone options are the keys
 `model_<option>` and head options `head_<option>`, each checked against the chosen
 backbone's or head's own signature. `search_<name>` keys are raw values a search space
-suggested only to derive other keys (e.g. adaptive cutoffs); they are skipped. An unknown key or an out-of-range value raises
-ValueError naming the key, so a bad trial fails alone and says why.
+suggested only to derive other keys (e.g. adaptive cutoffs); they are skipped. An unknown
+key, a value of the wrong type (checked against the annotations below and the backbone's
+and head's own) or an out-of-range value raises ValueError naming the key, so a bad trial
+fails alone and says why, and a bad command line stops before anything starts.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+from common.options import has_type, type_name
+
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -23,7 +29,7 @@ class TrainConfig:
     head: str = "softmax"  # a name from heads.list_heads()
     epochs: int = 30  # full passes over the training split
     batch_size: int = 256  # images per optimizer step
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # sgd / adam / adamw / rmsprop (the table in tuning/optim.py)
     lr: float = 0.05  # peak learning rate, reached after warmup
     momentum: float = 0.9  # sgd momentum / rmsprop momentum / adam beta1
     nesterov: bool = True  # sgd only
@@ -72,11 +78,17 @@ class TrainConfig:
         return flat
 
     def validate(self) -> None:
+        # Deferred: the registries import torch and timm (seconds), and --help needs neither.
         import heads
         import models
-        from tuning.registry import check_kwargs
+        from tuning.optim import OPTIMIZERS
 
-        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not has_type(value, hints[f.name]):
+                raise ValueError(f"config key {f.name!r}={value!r} has the wrong type: must be {type_name(hints[f.name])}")
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS.list()}")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
         for key, low in (("epochs", 1), ("batch_size", 1), ("step_epochs", 1)):
             _check(int(getattr(self, key)) >= low, key, getattr(self, key), f">= {low}")
@@ -89,8 +101,8 @@ class TrainConfig:
         _check(0 < self.step_gamma <= 1, "step_gamma", self.step_gamma, "in (0, 1]")
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
         _check(self.train_limit is None or self.train_limit >= 1, "train_limit", self.train_limit, ">= 1 or None")
-        check_kwargs(models.model_entry(self.arch), self.model_kwargs, f"model {self.arch!r} (keys model_*)")
-        check_kwargs(heads.head_class(self.head).__init__, self.head_kwargs, f"head {self.head!r} (keys head_*)")
+        models.MODELS.check(self.arch, self.model_kwargs, f"model {self.arch!r} (keys model_*)")
+        heads.HEADS.check(self.head, self.head_kwargs, f"head {self.head!r} (keys head_*)")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -100,8 +112,6 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def parse_assignment(text: str) -> tuple[str, Any]:
     """'key=value' -> (key, value), the value read as a Python literal when it is one."""
-    import ast
-
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"malformed assignment {text!r}: expected KEY=VALUE")
@@ -114,8 +124,6 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def field_help() -> dict[str, str]:
     """Each TrainConfig field's trailing comment, so --help shows units from one source."""
-    import inspect
-
     helps = {}
     for line in inspect.getsource(TrainConfig).splitlines():
         name, _, rest = line.strip().partition(":")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tuning.registry import Registry
+from common.registry import Registry
 
-_DATASETS = Registry("dataset")
-register_dataset = _DATASETS.register
+DATASETS = Registry("dataset")
+register_dataset = DATASETS.register
 
 # Official archives; used only when the files are missing and the network answers.
 _CIFAR100_URL = ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")
@@ -87,12 +87,12 @@ class Split:
 def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> Dataset:
     """`cifar100`, `cifar10`, `fashion_mnist` or `imagefolder:PATH` (PATH has train/ and test/)."""
     if name.startswith("imagefolder:"):
-        return _DATASETS.get("imagefolder")(Path(name.split(":", 1)[1]))
-    return _DATASETS.get(name)(Path(data_dir), download=download)
+        return DATASETS.get("imagefolder")(Path(name.split(":", 1)[1]))
+    return DATASETS.get(name)(Path(data_dir), download=download)
 
 
 def list_datasets() -> list[str]:
-    return [n if n != "imagefolder" else "imagefolder:PATH" for n in _DATASETS.list()]
+    return [n if n != "imagefolder" else "imagefolder:PATH" for n in DATASETS.list()]
 
 
 def split_train_val(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,

@@ -12,6 +12,10 @@ import warnings
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from common.status import DIVERGED, PRUNED, trial_status
+
+_OPTUNA_STATE = {PRUNED: TrialState.PRUNED, DIVERGED: TrialState.FAIL}  # completed: Ray's own tell
+
 
 class PruningAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, **kwargs):
@@ -35,8 +39,4 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def _early_state(self, result: dict | None, error: bool) -> TrialState | None:
         if error or not result:
             return None
-        if result.get("diverged"):
-            return TrialState.FAIL
-        if result.get("epoch", self._max_epochs) < self._max_epochs:
-            return TrialState.PRUNED
-        return None
+        return _OPTUNA_STATE.get(trial_status("TERMINATED", result, self._max_epochs))

@@ -20,14 +20,15 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import search_spaces
+from common.cli import guard
+from common.status import ERROR, FINISHED
 from search_spaces._registry import Space, define_by_run, sample_config
+from tuning import data
 from tuning.config import TrainConfig, parse_assignment
-
-SPEC_FILE, JOURNAL_FILE = "spec.json", "optuna.log"
+from tuning.experiment import Experiment, config_columns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,43 +132,28 @@ def make_spec(args: argparse.Namespace, space: Space) -> dict:
 
 
 # ----------------------------------------------------------------------------- Ray parts
-def data_folder(settings: dict, experiment: Path, data_dir: str | Path) -> Path:
-    """Where a search's dataset lives: generated (smoke) data sits inside the experiment."""
-    return experiment / "data" if settings.get("fake_data") else Path(data_dir)
-
-
-def load_split(space: Space, data_dir: Path, experiment: Path):
-    from tuning import data
-    from tuning.fake_data import write_cifar100
-
+def load_split(space: Space, exp: Experiment, data_dir: str):
     c = space.constants
-    folder = data_folder(space.resolved_settings(), experiment, data_dir)
-    if space.resolved_settings()["fake_data"] and not (folder / "cifar-100-python").exists():
-        write_cifar100(folder)
-    ds = data.load_dataset(c.get("dataset", "cifar100"), folder)
     defaults = TrainConfig()
-    return data.split_train_val(ds, c.get("val_fraction", defaults.val_fraction), c.get("seed", defaults.seed),
-                                c.get("train_limit"))
+    return data.split_train_val(exp.load_dataset(data_dir), c.get("val_fraction", defaults.val_fraction),
+                                c.get("seed", defaults.seed), c.get("train_limit"))
 
 
-def make_searcher(space: Space, where: "Location", seed: int):
+def make_searcher(space: Space, exp: Experiment, seed: int):
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import ConcurrencyLimiter
 
     from tuning.optuna_pruned import PruningAwareOptunaSearch
 
     s = space.resolved_settings()
-    storage = JournalStorage(JournalFileBackend(str(where.local / JOURNAL_FILE)))
     searcher = PruningAwareOptunaSearch(
         space=functools.partial(define_by_run, space), metric=s["metric"], mode=s["mode"],
-        sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=where.name,
-        max_epochs=space.max_epochs)
+        sampler=optuna.samplers.TPESampler(seed=seed), storage=exp.journal_storage(),
+        study_name=exp.study_names()[0], max_epochs=space.max_epochs)
     return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
 
 
-def make_tuner(space: Space, split, where: "Location", gpus: float, seed: int):
+def make_tuner(space: Space, split, exp: Experiment, gpus: float, seed: int):
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -180,83 +166,34 @@ def make_tuner(space: Space, split, where: "Location", gpus: float, seed: int):
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.max_epochs,
                               grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
     run_config = tune.RunConfig(
-        name=where.name, storage_path=where.storage, callbacks=[TBXLoggerCallback()],
+        name=exp.name, storage_path=exp.storage, callbacks=[TBXLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]))
-    tune_config = tune.TuneConfig(search_alg=make_searcher(space, where, seed), scheduler=scheduler,
+    tune_config = tune.TuneConfig(search_alg=make_searcher(space, exp, seed), scheduler=scheduler,
                                   num_samples=s["num_samples"], metric=s["metric"], mode=s["mode"],
                                   reuse_actors=True)  # a new trial skips the worker's torch import
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), trainable
 
 
-def summarize(results, metric: str, mode: str):
-    """Best trial per (arch, head), diverged ones left out: its best epoch's metric, epochs run, config."""
-    df = results.get_dataframe(filter_metric=metric, filter_mode=mode)
-    if df.empty or metric not in df:
-        return df
-    last = {r.metrics.get("trial_id"): r.metrics for r in results if r.metrics}
-    df = df[~df["trial_id"].map(lambda t: bool(last.get(t, {}).get("diverged")))].copy()  # their scores mislead
-    df["epochs_run"] = df["trial_id"].map(lambda t: last.get(t, {}).get("training_iteration"))
-    best = df.sort_values(metric, ascending=(mode == "min")).groupby(["config/arch", "config/head"]).head(1)
-    config_cols = [c for c in best.columns if c.startswith("config/") and c not in ("config/arch", "config/head")]
-    return best[["config/arch", "config/head", metric, "epochs_run", "trial_id"] + config_cols]
-
-
-@dataclass
-class Location:
-    """Where an experiment lives. Ray writes trials to `uri` (a path or e.g. s3://...); the
-    Optuna journal needs file locks, so it stays in `local`, which is the same folder when
-    the storage is a path (local or a shared mount) and ~/.headsweep/<name> for a URI."""
-
-    storage: str  # Ray's storage_path
-    name: str
-    uri: str  # storage/name
-    local: Path
-
-    @classmethod
-    def of(cls, storage: str, name: str) -> "Location":
-        if "://" in storage:
-            return cls(storage, name, f"{storage.rstrip('/')}/{name}", Path.home() / ".headsweep" / name)
-        root = Path(storage).resolve()
-        return cls(str(root), name, str(root / name), root / name)
-
-    def _fs(self):
-        import pyarrow.fs
-
-        return pyarrow.fs.FileSystem.from_uri(self.uri if "://" in self.uri else f"file://{self.uri}")
-
-    def exists(self) -> bool:
-        import pyarrow.fs
-
-        fs, path = self._fs()
-        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-    def write_spec(self, spec: dict) -> None:
-        fs, path = self._fs()
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(f"{path}/{SPEC_FILE}") as f:
-            f.write(json.dumps(spec, indent=2, default=str).encode())
-
-
 def run_search(args: argparse.Namespace) -> int:
     space = resolve_space(args)
-    where = Location.of(args.storage, args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    exp = Experiment.at(args.storage, args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.dry_run is not None:
-        print(json.dumps({**make_spec(args, space), "experiment": where.uri}, indent=2, default=str))
+        print(json.dumps({**exp.new_spec(make_spec(args, space)), "experiment": exp.uri}, indent=2, default=str))
         for i, config in enumerate(preview_configs(space, args.dry_run, args.seed)):
             print(f"config {i}: {json.dumps(config, default=str)}")
         return 0
     preview_configs(space, 1, args.seed)  # bad --set values fail here, before Ray starts
-    if args.resume and not where.exists():
-        raise ValueError(f"--resume: no experiment at {where.uri}; give the --name of an existing one")
-    if not args.resume and where.exists():
-        raise ValueError(f"experiment {where.uri} exists: pass --resume to continue it or choose another --name")
+    if args.resume and not exp.exists():
+        raise ValueError(f"--resume: no experiment at {exp.uri}; give the --name of an existing one")
+    if not args.resume and exp.exists():
+        raise ValueError(f"experiment {exp.uri} exists: pass --resume to continue it or choose another --name")
     if not args.address:
         check_gpus(args.gpus_per_trial, _local_gpus())  # fail fast, before Ray starts
-    where.local.mkdir(parents=True, exist_ok=True)
+    exp.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        where.write_spec(make_spec(args, space))
-    return _run_with_ray(args, space, where)
+        exp.write_spec(exp.new_spec(make_spec(args, space)))
+    return _run_with_ray(args, space, exp)
 
 
 def _local_gpus() -> int:
@@ -265,7 +202,7 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def _run_with_ray(args, space: Space, where: Location) -> int:
+def _run_with_ray(args, space: Space, exp: Experiment) -> int:
     import ray
     from ray import tune
 
@@ -278,41 +215,45 @@ def _run_with_ray(args, space: Space, where: Location) -> int:
             gpus = space.resolved_settings()["gpus_per_trial"]
         if getattr(context, "dashboard_url", None):
             print(f"Ray dashboard: http://{context.dashboard_url}")
-        print(f"experiment: {where.uri}\noptuna-dashboard {where.local / JOURNAL_FILE}\n"
-              f"tensorboard --logdir {where.uri}", flush=True)
-        split = load_split(space, Path(args.data_dir), where.local)
-        tuner, trainable = make_tuner(space, split, where, gpus, args.seed)
-        if args.resume and tune.Tuner.can_restore(where.uri):
-            tuner = tune.Tuner.restore(where.uri, trainable=trainable, resume_errored=True)
-        results = tuner.fit()
-        return report(results, space)
+        print(f"experiment: {exp.uri}\noptuna-dashboard {exp.journal}\n"
+              f"tensorboard --logdir {exp.uri}", flush=True)
+        split = load_split(space, exp, args.data_dir)
+        tuner, trainable = make_tuner(space, split, exp, gpus, args.seed)
+        if args.resume and tune.Tuner.can_restore(exp.uri):
+            tuner = tune.Tuner.restore(exp.uri, trainable=trainable, resume_errored=True)
+        tuner.fit()
+        exp.sync_journal()
+        return summarize(exp)
     finally:
         ray.shutdown()
 
 
-def report(results, space: Space) -> int:
+def summarize(exp: Experiment) -> int:
+    """The end-of-run summary: trial counts and the best trial per (backbone, head), diverged and
+    failed trials left out (their scores mislead); exit 1 when every trial failed."""
     import pandas as pd
 
-    s = space.resolved_settings()
-    n_err = results.num_errors
-    print(f"\n{len(results)} trials, {n_err} failed")
-    best = summarize(results, s["metric"], s["mode"])
+    trials = exp.trials()
+    failed = trials[trials["status"] == ERROR] if len(trials) else trials
+    print(f"\n{len(trials)} trials, {len(failed)} failed")
+    best = exp.best(trials) if len(trials) and trials["status"].isin(FINISHED).any() else trials[:0]
+    if len(best):
+        searched = [c for c in config_columns(trials) if c not in ("arch", "head")
+                    and trials[c].astype(str).nunique() > 1]
+        best = best[["arch", "head", f"best_{exp.settings.get('metric', 'val_acc')}", "epochs_run", "trial_id"]
+                    + searched]
     with pd.option_context("display.max_columns", 30, "display.width", 200):
         print("best trial per (backbone, head):")
         print(best.to_string(index=False) if len(best) else "(none)")
-    if len(results) and n_err == len(results):
-        print("every trial failed; first error:", results.errors[0] if results.errors else "?", file=sys.stderr)
+    if len(trials) and len(failed) == len(trials):
+        print("every trial failed; first error:", failed["error"].dropna().head(1).tolist() or "?", file=sys.stderr)
         return 1
     return 0
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run_search(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_search(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

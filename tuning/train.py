@@ -13,7 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.cli import guard
+from tuning import data
 from tuning.config import TrainConfig, field_help, parse_assignment
+from tuning.fake_data import write_cifar100
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -68,12 +71,11 @@ def _print_epoch(metrics: dict, _state) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from tuning import data, engine
+    from tuning import engine  # deferred: torch and timm take seconds, and --help needs neither
 
     cfg = config_from_args(args)
     started = time.perf_counter()
     if args.smoke:
-        from tuning.fake_data import write_cifar100
         with tempfile.TemporaryDirectory(prefix="headsweep-smoke-") as tmp:
             write_cifar100(Path(tmp))
             ds = data.load_dataset(cfg.dataset, tmp, download=False)
@@ -84,29 +86,24 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{ds.name}: {len(split.y_train)} train / {len(split.y_val)} val / {len(split.y_test)} test images, "
           f"{ds.num_classes} classes; {cfg.arch} + {cfg.head} head", flush=True)
     result = engine.fit(cfg, split, on_epoch=_print_epoch)
-    model = result.run.model
-    test = engine.evaluate(model, engine.eval_loader(result.run, split.x_test, split.y_test), cfg)
+    trained = result.trained
+    test = engine.evaluate(trained, trained.loader(split.x_test, split.y_test))
     times = [h["epoch_time_s"] for h in result.history]
     summary = {"status": result.status, "reason": result.reason, "config": cfg.to_flat(),
                "epochs_run": len(result.history), **{k: result.last.get(k) for k in ("val_acc", "val_top5", "val_loss")},
                "test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"],
                "epoch_time_s_mean": sum(times) / len(times), "images_per_s": result.last.get("images_per_s"),
-               "wall_s": time.perf_counter() - started, "device": str(result.run.device),
-               "params": sum(p.numel() for p in model.parameters())}
+               "wall_s": time.perf_counter() - started, "device": str(trained.device),
+               "params": sum(p.numel() for p in trained.model.parameters())}
     print(json.dumps(summary, default=str))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
+@guard
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        summary = run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = run(build_parser().parse_args(argv))
     return 0 if summary["status"] == "completed" else 1
 
 

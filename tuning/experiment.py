@@ -1,0 +1,266 @@
+"""An experiment folder: its layout, its spec, its Optuna studies, its trials and "best".
+
+    <storage>/<name>/              Ray Tune's files: trial folders, checkpoints, experiment state
+    <storage>/<name>/spec.json     what was asked, resolved; the Optuna study names
+    <storage>/<name>/optuna.log    the Optuna journal (optuna-dashboard reads it)
+    <storage>/<name>/analysis/     final.parquet, confusion *.npy, report.md, figures/
+    <storage>/<name>/data/         the generated data of a smoke run
+
+For a URI storage (s3://..., file://...) Ray writes the trials and spec.json there, but the
+Optuna journal needs file locks, so it lives on the driver in ~/.headsweep/<name>/ while the
+search runs (spec.json records where) and is copied into the experiment when it ends.
+
+Nothing here depends on the folder's name: the study names come from spec.json and every
+path from the folder itself, so a copied, moved or renamed experiment reads as the original.
+The search, `analysis.load/best`, the retrain and the report all go through this object.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+from common.status import ERROR, FINISHED, trial_status
+from tuning import data
+from tuning.fake_data import write_cifar100
+
+SPEC_FILE = "spec.json"
+JOURNAL_FILE = "optuna.log"
+ANALYSIS_DIR = "analysis"
+DATA_DIR = "data"
+PARAMS_FILE = "params.json"  # Ray Tune's copy of a trial's config, in its folder
+METRICS = ("val_acc", "val_top5", "val_loss", "train_loss")
+# The columns of a trials table that are not config keys (besides best_* and last_* metrics).
+RESULT_COLUMNS = ("trial_id", "status", "epochs_run", "path", "best_epoch", "epoch_time_s", "images_per_s",
+                  "time_total_s", "error")
+
+
+class NotAnExperimentError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    uri: str  # where Ray Tune writes it: a local path, or a URI such as s3://bucket/exp/name
+    local: Path  # on this machine: the same folder for a path; ~/.headsweep/<name> for a URI
+
+    @classmethod
+    def at(cls, storage: str, name: str) -> "Experiment":
+        """The experiment `name` under `storage` (a path or a URI), existing or not (the search)."""
+        if "://" in storage:
+            return cls(f"{storage.rstrip('/')}/{name}", Path.home() / ".headsweep" / name)
+        folder = Path(storage).resolve() / name
+        return cls(str(folder), folder)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Experiment":
+        """An existing experiment folder on this machine (analysis)."""
+        if "://" in str(path):
+            raise NotAnExperimentError(f"{path}: analysis reads an experiment folder on this machine; copy it "
+                                       "here first (e.g. `aws s3 sync`, or a shared mount)")
+        folder = Path(path).resolve()  # a relative path would read as a URI without scheme
+        if not folder.is_dir() or not list(folder.glob("experiment_state-*.json")):
+            raise NotAnExperimentError(
+                f"{path} is not a headsweep experiment: no Ray Tune experiment_state-*.json in it "
+                "(give the folder `tuning.search` printed, <storage>/<name>)")
+        return cls(str(folder), folder)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def name(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def storage(self) -> str:
+        """Ray Tune's storage_path: the folder (or URI) that holds this experiment."""
+        return self.uri.rstrip("/").rsplit("/", 1)[0]
+
+    @property
+    def is_uri(self) -> bool:
+        return "://" in self.uri
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.local / ANALYSIS_DIR
+
+    @property
+    def journal(self) -> Path:
+        """The Optuna journal: in the folder, else where spec.json says the search kept it."""
+        here = self.local / JOURNAL_FILE
+        if here.exists() or "journal" not in self.spec:
+            return here
+        return Path(self.spec["journal"])
+
+    def _fs(self):
+        import pyarrow.fs
+
+        return pyarrow.fs.FileSystem.from_uri(self.uri if self.is_uri else f"file://{self.uri}")
+
+    def exists(self) -> bool:
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+    # ------------------------------------------------------------------ spec and studies
+    def new_spec(self, spec: dict) -> dict:
+        """`spec` plus what this layout decides at creation: the study name and the journal's place."""
+        extra = {"studies": [self.name]}  # named once, here; never derived from the folder again
+        if self.is_uri:
+            extra["journal"] = str(self.local / JOURNAL_FILE)
+        return {**spec, **extra}
+
+    def write_spec(self, spec: dict) -> None:
+        fs, path = self._fs()
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{SPEC_FILE}") as f:
+            f.write(json.dumps(spec, indent=2, default=str).encode())
+        self.__dict__.pop("spec", None)  # read anew next time
+
+    @cached_property
+    def spec(self) -> dict:
+        """spec.json ({} for an experiment made outside tuning.search)."""
+        fs, path = self._fs()
+        try:
+            with fs.open_input_stream(f"{path}/{SPEC_FILE}") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return {}
+
+    @property
+    def settings(self) -> dict:
+        return self.spec.get("settings", {})
+
+    def study_names(self) -> list[str]:
+        """From spec.json; for an older experiment without them, the studies its journal holds."""
+        if self.spec.get("studies"):
+            return list(self.spec["studies"])
+        import optuna
+
+        return [s.study_name for s in optuna.get_all_study_summaries(self.journal_storage())]
+
+    def journal_storage(self):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(str(self.journal)))
+
+    def load_study(self, name: str | None = None):
+        import optuna
+
+        names = self.study_names()
+        if not names:
+            raise NotAnExperimentError(f"{self.uri}: its Optuna journal {self.journal} holds no study")
+        return optuna.load_study(study_name=name or names[0], storage=self.journal_storage())
+
+    def sync_journal(self) -> None:
+        """URI storage: copy the driver's journal into the experiment, so it travels with it."""
+        if self.is_uri and (self.local / JOURNAL_FILE).exists():
+            import pyarrow.fs
+
+            fs, path = self._fs()
+            pyarrow.fs.copy_files(str(self.local / JOURNAL_FILE), f"{path}/{JOURNAL_FILE}",
+                                  source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+
+    # ------------------------------------------------------------------ data
+    def load_dataset(self, data_dir: str | Path | None = None) -> data.Dataset:
+        """The search's dataset: generated inside the experiment for a smoke run, else read from
+        `data_dir` (default: the one spec.json recorded)."""
+        if self.settings.get("fake_data"):
+            folder = self.local / DATA_DIR
+            if not (folder / "cifar-100-python").exists():
+                write_cifar100(folder)
+        else:
+            folder = Path(data_dir or self.spec.get("data_dir", "data"))
+        return data.load_dataset(self.spec.get("constants", {}).get("dataset", "cifar100"), folder)
+
+    # ------------------------------------------------------------------ trials
+    def _analysis(self):
+        from ray.tune import ExperimentAnalysis
+
+        return ExperimentAnalysis(self.uri)
+
+    def trials(self):
+        """One row per trial: trial_id, every config key as a column, status, epochs_run, the best
+        epoch's validation metrics (by the search's metric), the last epoch's, time."""
+        import pandas as pd
+
+        analysis = self._analysis()
+        frames = analysis.trial_dataframes
+        rows = [self._trial_row(t, frames.get(t.trial_id)) for t in analysis.trials]
+        return pd.DataFrame(rows).sort_values("trial_id", ignore_index=True) if rows else pd.DataFrame()
+
+    def _trial_row(self, trial, frame) -> dict:
+        config = dict(trial.config)
+        frame = frame if frame is not None and "val_acc" in getattr(frame, "columns", []) else None
+        max_epochs = int(config.get("epochs", self.spec.get("max_epochs", 0)))
+        row = {"trial_id": trial.trial_id, **config,
+               "status": trial_status(trial.status, trial.last_result, max_epochs),
+               "epochs_run": int(frame["epoch"].max()) if frame is not None else 0, "path": trial.path}
+        if frame is not None:
+            best_i = self._best_epoch(frame)
+            row.update({f"best_{m}": frame.loc[best_i, m] for m in METRICS if m in frame})
+            row["best_epoch"] = int(frame.loc[best_i, "epoch"])
+            row.update({f"last_{m}": frame[m].iloc[-1] for m in METRICS if m in frame})
+            row.update(epoch_time_s=frame["epoch_time_s"].mean(), images_per_s=frame["images_per_s"].mean(),
+                       time_total_s=frame["epoch_time_s"].sum())
+        error_file = Path(trial.path) / "error.txt"
+        row["error"] = error_file.read_text().strip().splitlines()[-1] if row["status"] == ERROR and \
+            error_file.exists() else None
+        return row
+
+    def _best_epoch(self, frame):
+        metric = self.settings.get("metric", "val_acc")
+        values = frame[metric] if metric in frame else frame["val_acc"]
+        if not values.notna().any():
+            return frame.index[-1]
+        return values.idxmin() if self.settings.get("mode", "max") == "min" else values.idxmax()
+
+    def history(self):
+        """One row per trial-epoch: trial_id, arch, head and the metrics reported that epoch."""
+        import pandas as pd
+
+        analysis = self._analysis()
+        parts = []
+        for trial in analysis.trials:
+            frame = analysis.trial_dataframes.get(trial.trial_id)
+            if frame is None or "epoch" not in getattr(frame, "columns", []):
+                continue
+            keep = [c for c in ("epoch", *METRICS, "epoch_time_s", "images_per_s", "lr") if c in frame]
+            part = frame[keep].copy()
+            part.insert(0, "head", trial.config.get("head"))
+            part.insert(0, "arch", trial.config.get("arch"))
+            part.insert(0, "trial_id", trial.trial_id)
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def best(self, trials, by: Sequence[str] = ("arch", "head"), k: int = 1):
+        """The top k finished trials of each group by the search's own metric and mode."""
+        metric = f"best_{self.settings.get('metric', 'val_acc')}"
+        return best(trials, by, k, metric if metric in trials else "best_val_acc", self.settings.get("mode", "max"))
+
+    @staticmethod
+    def trial_config(trial_path: str | Path) -> dict:
+        """The flat config a trial ran with (its params.json)."""
+        return json.loads((Path(trial_path) / PARAMS_FILE).read_text())
+
+
+def config_columns(trials) -> list[str]:
+    """The columns of a trials table that hold config keys (arch, head, lr, head_tau, ...)."""
+    return [c for c in trials.columns if c not in RESULT_COLUMNS and not c.startswith(("best_", "last_"))]
+
+
+def best(trials, by: Sequence[str] = ("arch", "head"), k: int = 1, metric: str = "best_val_acc",
+         mode: str = "max"):
+    """Top k trials of each `by` group by a validation metric (never the test set); only finished
+    trials (completed or pruned) count, so diverged and failed ones are never "best"."""
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    if metric not in trials:
+        raise ValueError(f"metric {metric!r} is not a column; validation metrics: "
+                         f"{[c for c in trials.columns if c.startswith(('best_', 'last_'))]}")
+    ok = trials[trials["status"].isin(FINISHED) & trials[metric].notna()]
+    ranked = ok.sort_values(metric, ascending=(mode == "min"))
+    return ranked.groupby(list(by), sort=True).head(k).reset_index(drop=True)

@@ -62,7 +62,11 @@ class AdaptiveHead(Head):
                  "only for its targets; about O(d*(c0 + n) + sum_i share_i * (d*h_i + h_i*|C_i|)).")
 
     @classmethod
-    def suggest(cls, trial, num_classes):
+    def baseline(cls, num_classes):
+        return {"search_adaptive_head_share": 0.2, "search_adaptive_clusters": 2, "head_div_value": 4.0}  # defaults
+
+    @classmethod
+    def suggest(cls, trial, num_classes, has_hierarchy=False):
         share = trial.suggest_float("search_adaptive_head_share", 0.1, 0.6)
         clusters = trial.suggest_int("search_adaptive_clusters", 1, 3)
         trial.suggest_float("head_div_value", 1.5, 8.0, log=True)

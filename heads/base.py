@@ -8,8 +8,10 @@
   Backward costs about twice the forward for every dense layer, so ratios between
   heads hold for a whole training step too.
 - `cost_note`: one line for the report on what the head costs and why;
-- `suggest(trial, num_classes)`: the search ranges of the head's options, define-by-run
-  (Optuna's `trial.suggest_*`, flat `head_<option>` names); returns keys derived from them.
+- `suggest(trial, num_classes, has_hierarchy)`: the search ranges of the head's options,
+  define-by-run (Optuna's `trial.suggest_*`, flat `head_<option>` names); returns keys
+  derived from them. `baseline(num_classes)`: the values of those parameters for a search's
+  first, known-good trial (its defaults where it has them).
 
 Options are the annotated keyword parameters of `__init__`; `in_features`, `num_classes`,
 `hierarchy`, `class_counts` and `label_smoothing` come from the data and the trial config.
@@ -25,13 +27,18 @@ class Head(nn.Module):
     cost_note = ""  # one line for the report: the head's time complexity, in words
 
     @classmethod
-    def suggest(cls, trial, num_classes: int) -> dict:
+    def suggest(cls, trial, num_classes: int, has_hierarchy: bool = False) -> dict:
         """Suggest this head's options as `head_<option>` on an Optuna trial; return derived keys.
 
         Every head declares its own, even an empty one: inheriting another head's ranges
         would search options this head may not have.
         """
         raise NotImplementedError(f"head {cls.__name__} declares no search ranges (suggest)")
+
+    @classmethod
+    def baseline(cls, num_classes: int) -> dict:
+        """Values of the parameters `suggest` makes, for a search's first trial; {} = middle of each range."""
+        return {}
 
     def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0):
         super().__init__()

@@ -27,7 +27,11 @@ class GumbelSoftmaxHead(SoftmaxHead):
     cost_note = "all C logits plus C Gumbel draws: O(d*C) like softmax; it changes the training signal, not the cost."
 
     @classmethod
-    def suggest(cls, trial, num_classes):
+    def baseline(cls, num_classes):
+        return {"head_tau": 1.0, "head_hard": False, "head_anneal_rate": 1e-5}  # soft, tau 1, ~no annealing
+
+    @classmethod
+    def suggest(cls, trial, num_classes, has_hierarchy=False):
         trial.suggest_float("head_tau", 0.2, 5.0, log=True)
         trial.suggest_categorical("head_hard", [False, True])
         trial.suggest_float("head_anneal_rate", 1e-5, 1e-2, log=True)  # per step

@@ -66,9 +66,14 @@ class HierarchicalHead(Head):
                  "minimal at K = sqrt(C); the full distribution still needs O(d*(K + C)).")
 
     @classmethod
-    def suggest(cls, trial, num_classes):
-        trial.suggest_categorical("head_tree", ["dataset", "balanced"])
+    def suggest(cls, trial, num_classes, has_hierarchy=False):
+        if has_hierarchy:  # without one, "auto" is the balanced tree
+            trial.suggest_categorical("head_tree", ["dataset", "balanced"])
         return {}
+
+    @classmethod
+    def baseline(cls, num_classes):
+        return {"head_tree": "dataset"}
 
     def __init__(self, in_features: int, num_classes: int, hierarchy=None, tree: str = "auto",
                  num_groups: int | None = None, predict_mode: str = "greedy", label_smoothing: float = 0.0):

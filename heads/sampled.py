@@ -27,9 +27,14 @@ class SampledSoftmaxHead(SoftmaxHead):
     cost_note = "the target and k sampled classes in training, O(d*(k+1)); evaluation is the full O(d*C) softmax."
 
     @classmethod
-    def suggest(cls, trial, num_classes):
-        trial.suggest_int("head_num_sampled", 4, max(4, num_classes // 2), log=True)
+    def suggest(cls, trial, num_classes, has_hierarchy=False):
+        trial.suggest_int("head_num_sampled", min(4, num_classes - 1), max(min(4, num_classes - 1), num_classes // 2),
+                          log=True)
         return {}
+
+    @classmethod
+    def baseline(cls, num_classes):
+        return {"head_num_sampled": 64}  # the default, clipped into the range
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int = 64, proposal: str = "uniform",
                  label_smoothing: float = 0.0):

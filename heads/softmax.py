@@ -15,7 +15,7 @@ class SoftmaxHead(Head):
     cost_note = "one d x C matrix: O(d*C) to train, to normalise and to predict."
 
     @classmethod
-    def suggest(cls, trial, num_classes):
+    def suggest(cls, trial, num_classes, has_hierarchy=False):
         return {}  # no options of its own; label smoothing is a training key
 
     def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0):

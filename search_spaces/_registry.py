@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
+import heads
 from common.registry import Registry
 from tuning.config import TrainConfig
 
@@ -13,7 +14,7 @@ list_spaces = SPACES.list
 # Search settings a space sets and `--set` may override; everything else in a space's
 # constants is a trial-config key.
 DEFAULT_SETTINGS = {
-    "num_samples": 32,  # trials Optuna proposes in all
+    "num_samples": 32,  # trials in all; with per-pair budgets each pair gets an equal share (+-1)
     "max_concurrent": 4,  # trials running at once
     "grace_period": 2,  # ASHA: epochs before a trial can be stopped
     "reduction_factor": 3,  # ASHA: keep 1/rf of trials at each rung
@@ -24,12 +25,23 @@ DEFAULT_SETTINGS = {
     "max_failures": 1,  # retries of a trial whose process died
     "fake_data": False,  # True: train on tiny generated data (smoke runs)
 }
+Pair = tuple[str, str]  # (arch, head)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a space needs to know of the dataset to propose valid head options."""
+
+    num_classes: int = 100
+    has_hierarchy: bool = True
 
 
 @dataclass(frozen=True)
 class Space:
     name: str
-    suggest: Callable[[Any], dict | None]  # define-by-run: trial -> derived keys (or None)
+    suggest: Callable[..., dict | None]  # define-by-run: (trial, arch, head) -> derived keys; the pair is given
+    archs: tuple[str, ...]  # the backbones compared
+    heads: tuple[str, ...] = ()  # the heads compared; () = every registered head
     constants: dict = field(default_factory=dict)  # trial-config keys fixed for every trial
     settings: dict = field(default_factory=dict)  # overrides of DEFAULT_SETTINGS
     description: str = ""
@@ -37,17 +49,27 @@ class Space:
     def resolved_settings(self) -> dict:
         return {**DEFAULT_SETTINGS, **self.settings}
 
+    def pairs(self) -> list[Pair]:
+        """Every (arch, head) the space compares, in a fixed order."""
+        return [(a, h) for a in self.archs for h in (self.heads or tuple(heads.list_heads()))]
+
     @property
     def max_epochs(self) -> int:
         """Epochs of a full trial: ASHA's max_t, and what a trial must reach not to count as pruned."""
         return int(self.constants.get("epochs", TrainConfig().epochs))
 
     def with_overrides(self, overrides: dict) -> "Space":
-        """A copy with `--set` values applied: a setting, a constant or any trial-config key."""
-        settings, constants = dict(self.settings), dict(self.constants)
+        """A copy with `--set` values applied: a setting, a constant or any trial-config key.
+
+        `arch` and `head` (a name or a list of names) restrict the pairs; any other key fixes
+        that parameter for every trial, and a searched parameter so fixed is no longer searched.
+        """
+        settings, constants, pairs = dict(self.settings), dict(self.constants), {}
         fields = set(TrainConfig.__dataclass_fields__) - {"model_kwargs", "head_kwargs"}
         for key, value in overrides.items():
-            if key in DEFAULT_SETTINGS:
+            if key in ("arch", "head"):
+                pairs[key] = _restrict(key, value, self.archs if key == "arch" else self.heads or heads.list_heads())
+            elif key in DEFAULT_SETTINGS:
                 settings[key] = value
             elif key in constants or key in fields or key.startswith(("model_", "head_")):
                 constants[key] = value
@@ -55,20 +77,63 @@ class Space:
                 raise ValueError(f"--set {key}={value!r}: unknown key; allowed: search settings "
                                  f"{sorted(DEFAULT_SETTINGS)} or trial-config keys {sorted(fields)} "
                                  "(plus model_<option>, head_<option>)")
-        return Space(self.name, self.suggest, constants, settings, self.description)
+        return replace(self, constants=constants, settings=settings,
+                       archs=pairs.get("arch", self.archs), heads=pairs.get("head", self.heads))
+
+
+def _restrict(key: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"--set {key}={value!r}: expected a name or a list of names, e.g. {key}=[{allowed[0]}]")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"--set {key}={value!r}: {unknown} not in this space; its {key}s: {list(allowed)}")
+    return tuple(dict.fromkeys(names))
 
 
 def get_space(name: str) -> Space:
     return SPACES.get(name)()
 
 
-def define_by_run(space: Space, trial) -> dict:
-    """What OptunaSearch calls: the space's suggestions run, its derived keys and constants returned."""
-    derived = space.suggest(trial) or {}
-    return {**space.constants, **derived}
+class FixedParams:
+    """An Optuna trial whose parameters named in `fixed` are given, not suggested: the space's
+    constants and `--set` values win over its ranges, and the study records only what it searched."""
+
+    def __init__(self, trial, fixed: dict):
+        self._trial, self._fixed = trial, fixed
+
+    def __getattr__(self, name: str):
+        method = getattr(self._trial, name)
+        if not name.startswith("suggest_"):
+            return method
+
+        def suggest(param: str, *args, **kwargs):
+            return self._fixed[param] if param in self._fixed else method(param, *args, **kwargs)
+
+        return suggest
 
 
-def sample_config(space: Space, trial) -> dict:
+def define_by_run(space: Space, data: DataInfo, pair: Pair | None, trial) -> dict:
+    """What OptunaSearch calls: the keys derived from the suggestions, and the constants.
+
+    `pair` given: that (arch, head) pair's study (per-pair budgets). None: one joint study,
+    in which arch and head are suggested too.
+    """
+    t = FixedParams(trial, space.constants)
+    if pair is None:
+        archs, head_names = space.archs, space.heads or tuple(heads.list_heads())
+        pair = (t.suggest_categorical("arch", list(archs)) if len(archs) > 1 else archs[0],
+                t.suggest_categorical("head", list(head_names)) if len(head_names) > 1 else head_names[0])
+    arch, head = pair
+    derived = space.suggest(t, arch, head) or {}
+    cls = heads.head_class(head)
+    if cls.supports_label_smoothing:
+        t.suggest_float("label_smoothing", 0.0, 0.2)
+    derived.update(cls.suggest(t, data.num_classes, data.has_hierarchy))
+    return {**space.constants, "arch": arch, "head": head, **derived}
+
+
+def sample_config(space: Space, data: DataInfo, pair: Pair | None, trial) -> dict:
     """A whole flat trial config for one Optuna trial (suggested params + derived + constants)."""
-    derived = define_by_run(space, trial)  # first: it makes the suggestions
+    derived = define_by_run(space, data, pair, trial)  # first: it makes the suggestions
     return {**trial.params, **derived}

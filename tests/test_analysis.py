@@ -174,9 +174,9 @@ def test_a_folder_that_is_not_an_experiment(tmp_path, capsys, cli):
     assert "is not a headsweep experiment" in capsys.readouterr().err
 
 
-def _always_fails(trial):
+def _always_fails(trial, arch, head):
     trial.suggest_float("lr", 1e-3, 1e-2, log=True)
-    return {"head": "adaptive", "head_cutoffs": [500]}
+    return {"head_cutoffs": [500]}
 
 
 @pytest.mark.slow
@@ -185,7 +185,7 @@ def test_report_says_when_every_trial_failed(tmp_path, monkeypatch):
     from tuning import search
 
     smoke = search_spaces.get_space("smoke")
-    failing = search_spaces.Space("failing", _always_fails, smoke.constants,
+    failing = search_spaces.Space("failing", _always_fails, ("cnn",), ("adaptive",), smoke.constants,
                                   {**smoke.settings, "num_samples": 2, "max_failures": 0})
     monkeypatch.setattr(search_spaces, "get_space", lambda name: failing)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import analysis
+import heads
 from analysis import report, retrain
 from common.status import trial_status
 from tuning.experiment import Experiment, NotAnExperimentError
@@ -39,7 +40,7 @@ def test_a_copied_and_a_renamed_experiment_work_like_the_original(smoke_experime
     trials = analysis.load(copy)
     pd.testing.assert_frame_equal(trials.drop(columns="path"), expected)
     assert all(Path(p).is_relative_to(copy) for p in trials.path)
-    assert Experiment.open(copy).study_names() == ["smoke"]  # from spec.json, not from the folder's name
+    assert Experiment.open(copy).study_names()[0] == "smoke:cnn/adaptive"  # from spec.json, not the folder's name
     assert _quiet(report.main, [str(copy)]) == 0
     text = (copy / "analysis" / "report.md").read_text()
     assert "# headsweep report: smoke_copy" in text and "over the" in text.split("## Parameter importance")[1][:200]
@@ -62,10 +63,11 @@ def test_a_copied_and_a_renamed_experiment_work_like_the_original(smoke_experime
 def test_spec_records_the_study_and_the_search_summary_goes_through_the_experiment(smoke_experiment):
     exp, _, out = smoke_experiment
     spec = json.loads((exp / "spec.json").read_text())
-    assert spec["studies"] == ["smoke"] and "journal" not in spec  # a path storage keeps its journal inside
+    assert spec["studies"] == {f"cnn/{h}": f"smoke:cnn/{h}" for h in heads.list_heads()}
+    assert "journal" not in spec  # a path storage keeps its journal inside
     e = Experiment.open(exp)
     assert e.journal == exp / "optuna.log" and e.analysis_dir == exp / "analysis"
-    assert len(e.load_study().trials) == len(e.trials()) == 12
+    assert sum(len(e.load_study(name).trials) for name in e.study_names()) == len(e.trials()) == 12
     best = e.best(e.trials())
     for _, row in best.iterrows():  # the printed summary is Experiment.best's table
         assert row.trial_id in out

@@ -18,12 +18,12 @@ from tuning import search
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _study(experiment: Path) -> optuna.Study:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+def _optuna_trials(experiment: Path) -> list:
+    """Every Optuna trial of the experiment, over all its studies (one per pair)."""
+    from tuning.experiment import Experiment
 
-    storage = JournalStorage(JournalFileBackend(str(experiment / "optuna.log")))
-    return optuna.load_study(study_name=experiment.name, storage=storage)
+    exp = Experiment.open(experiment)
+    return [t for name in exp.study_names() for t in exp.load_study(name).trials]
 
 
 def _results(experiment: Path) -> dict[str, list[dict]]:
@@ -47,10 +47,10 @@ def test_smoke_search_end_to_end(smoke_experiment):
     assert len(results) == 12
     epochs = [r[-1]["epoch"] for r in results.values()]
     assert max(epochs) == 4 and min(epochs) < 4  # some ran to the end, ASHA stopped some
-    study = _study(exp)
-    states = Counter(t.state.name for t in study.trials)
+    trials = _optuna_trials(exp)
+    states = Counter(t.state.name for t in trials)
     assert states["PRUNED"] == sum(e < 4 for e in epochs) and states["COMPLETE"] == sum(e == 4 for e in epochs)
-    assert all(t.value is not None for t in study.trials if t.state.name == "PRUNED")
+    assert all(t.value is not None for t in trials if t.state.name == "PRUNED")
     assert list(exp.rglob("checkpoint_*")) and list(exp.rglob("events.out.tfevents*"))  # checkpoints, TensorBoard
     assert "12 trials, 0 failed" in out and "best trial per (backbone, head)" in out
 
@@ -88,9 +88,8 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
     assert {k: len(after[k]) for k in before} == before  # finished trials were not run again
 
 
-def _faulty(trial):
+def _faulty(trial, arch, head):
     """A space whose adaptive trials carry impossible cutoffs: those trials must fail alone."""
-    head = trial.suggest_categorical("head", ["softmax", "adaptive"])
     trial.suggest_float("lr", 1e-3, 1e-2, log=True)
     return {"head_cutoffs": [500]} if head == "adaptive" else None
 
@@ -98,8 +97,8 @@ def _faulty(trial):
 @pytest.mark.slow
 def test_a_failing_trial_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     smoke = search_spaces.get_space("smoke")
-    faulty = search_spaces.Space("faulty", _faulty, smoke.constants, {**smoke.settings, "num_samples": 6,
-                                                                       "max_failures": 0})
+    faulty = search_spaces.Space("faulty", _faulty, ("cnn",), ("softmax", "adaptive"), smoke.constants,
+                                 {**smoke.settings, "num_samples": 6, "max_failures": 0})
     monkeypatch.setattr(search_spaces, "get_space", lambda name: faulty)
     code = search.main(["--space", "faulty", "--storage", str(tmp_path), "--name", "f", "--no-dashboard",
                         "--seed", "1"])
@@ -113,6 +112,7 @@ def test_a_failing_trial_does_not_stop_the_others(tmp_path, capsys, monkeypatch)
 
 @pytest.mark.parametrize("name", search_spaces.list_spaces())
 def test_sampled_configs_satisfy_the_constraints(name):
+    from search_spaces._registry import DataInfo
     from tuning.config import TrainConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -124,7 +124,7 @@ def test_sampled_configs_satisfy_the_constraints(name):
     seen_heads = set()
     for i in range(300):
         trial = study.ask()
-        config = search_spaces.sample_config(space, trial)
+        config = search_spaces.sample_config(space, DataInfo(100, True), None, trial)  # a joint study
         TrainConfig.from_dict(config)  # every sample is a valid trial config
         head = config.get("head", "softmax")
         seen_heads.add(head)
@@ -136,10 +136,7 @@ def test_sampled_configs_satisfy_the_constraints(name):
         if head == "sampled":
             assert 1 <= config["head_num_sampled"] < 100
         study.tell(trial, 0.0)
-    if "head" in space.constants:
-        assert seen_heads == {space.constants["head"]}
-    else:
-        assert seen_heads == set(heads.list_heads())
+    assert seen_heads == set(space.heads or heads.list_heads())
 
 
 @pytest.mark.parametrize("name", search_spaces.list_spaces())
@@ -149,7 +146,10 @@ def test_every_space_pickles_as_ray_saves_the_searcher(name):
 
     from search_spaces._registry import define_by_run
 
-    restored = pickle.loads(pickle.dumps(functools.partial(define_by_run, search_spaces.get_space(name))))
+    from search_spaces._registry import DataInfo
+
+    space = search_spaces.get_space(name)
+    restored = pickle.loads(pickle.dumps(functools.partial(define_by_run, space, DataInfo(), space.pairs()[0])))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     assert restored(study.ask())["dataset"] == "cifar100"
 
@@ -175,9 +175,11 @@ def test_pruning_aware_searcher_tells_pruned_fail_and_complete():
 
 def test_dry_run_prints_spec_and_configs(capsys, tmp_path):
     assert search.main(["--space", "vit_heads", "--dry-run", "3", "--storage", str(tmp_path),
-                        "--set", "epochs=10"]) == 0
+                        "--set", "epochs=10", "--set", "fake_data=True"]) == 0  # generated CIFAR-100
     out = capsys.readouterr().out
-    assert out.count("config ") == 3 and '"epochs": 10' in out and '"space": "vit_heads"' in out
+    studies = out.count("\nstudy ")  # one per (arch, head) pair: 2 ViTs x 5 heads
+    assert studies == 10 and out.count("  config ") == 3 * studies  # 3 configs of each
+    assert '"epochs": 10' in out and '"space": "vit_heads"' in out
     assert not any(tmp_path.iterdir())  # nothing written, nothing trained
 
 
@@ -208,18 +210,21 @@ def test_storage_uri(tmp_path):
     journal_dir = Path.home() / ".headsweep" / name
     try:
         code = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", name,
-                            "--no-dashboard", "--set", "num_samples=2", "--set", "epochs=1"])
+                            "--no-dashboard", "--set", "num_samples=2", "--set", "epochs=1",
+                            "--set", "head=[softmax,gumbel]"])
         assert code == 0
         assert json.loads((tmp_path / "remote" / name / "spec.json").read_text())["space"] == "smoke"
         assert len(_results(tmp_path / "remote" / name)) == 2
         assert (journal_dir / "optuna.log").stat().st_size > 0
         spec = json.loads((tmp_path / "remote" / name / "spec.json").read_text())
-        assert spec["journal"] == str(journal_dir / "optuna.log") and spec["studies"] == [name]
+        assert spec["journal"] == str(journal_dir / "optuna.log")
+        assert spec["studies"] == {"cnn/softmax": f"{name}:cnn/softmax", "cnn/gumbel": f"{name}:cnn/gumbel"}
         # The journal is copied into the experiment at the end, so a copy of it carries its study along.
         shutil.rmtree(journal_dir)
         from tuning.experiment import Experiment
 
-        assert len(Experiment.open(tmp_path / "remote" / name).load_study().trials) == 2
+        exp = Experiment.open(tmp_path / "remote" / name)
+        assert [len(exp.load_study(s).trials) for s in exp.study_names()] == [1, 1]
         again = search.main(["--space", "smoke", "--storage", f"file://{tmp_path}/remote", "--name", name])
         assert again == 2  # exists: refuses to overwrite without --resume
     finally:

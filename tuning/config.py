@@ -111,15 +111,22 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """'key=value' -> (key, value), the value read as a Python literal when it is one."""
+    """'key=value' -> (key, value), the value read as a Python literal when it is one; a bare
+    word (relu) stays a string, and [softmax,sampled] is a list of them."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"malformed assignment {text!r}: expected KEY=VALUE")
+    raw = raw.strip()
+    if raw.startswith("[") and raw.endswith("]") and _literal(raw) is raw:
+        return key.strip(), [_literal(part.strip()) for part in raw[1:-1].split(",") if part.strip()]
+    return key.strip(), _literal(raw)
+
+
+def _literal(raw: str) -> Any:
     try:
-        value = ast.literal_eval(raw)
+        return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        value = raw  # a bare word such as relu
-    return key.strip(), value
+        return raw
 
 
 def field_help() -> dict[str, str]:

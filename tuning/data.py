@@ -8,17 +8,17 @@ Pickles are read with a restricted unpickler: a crafted file cannot run code.
 """
 from __future__ import annotations
 
-import gzip
-import io
-import pickle
-import tarfile
 import dataclasses
+import gzip
+import pickle
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from common.registry import Registry
+from tuning.fake_data import write_all
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -89,6 +89,16 @@ def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> Data
     if name.startswith("imagefolder:"):
         return DATASETS.get("imagefolder")(Path(name.split(":", 1)[1]))
     return DATASETS.get(name)(Path(data_dir), download=download)
+
+
+def load_search_data(name: str, data_dir: str | Path, fake: bool = False) -> Dataset:
+    """A search's (or smoke run's) dataset: the official files in `data_dir`, or, with `fake`,
+    tiny generated data in the same format (deterministic, so a retrain regenerates the same)."""
+    if not fake:
+        return load_dataset(name, data_dir)
+    with tempfile.TemporaryDirectory(prefix="headsweep-fake-") as tmp:
+        write_all(Path(tmp))
+        return load_dataset(name, tmp, download=False)
 
 
 def list_datasets() -> list[str]:

@@ -4,7 +4,6 @@
     <storage>/<name>/spec.json     what was asked, resolved; the Optuna study names
     <storage>/<name>/optuna.log    the Optuna journal (optuna-dashboard reads it)
     <storage>/<name>/analysis/     final.parquet, confusion *.npy, report.md, figures/
-    <storage>/<name>/data/         the generated data of a smoke run
 
 For a URI storage (s3://..., file://...) Ray writes the trials and spec.json there, but the
 Optuna journal needs file locks, so it lives on the driver in ~/.headsweep/<name>/ while the
@@ -24,12 +23,10 @@ from typing import Sequence
 
 from common.status import ERROR, FINISHED, trial_status
 from tuning import data
-from tuning.fake_data import write_cifar100
 
 SPEC_FILE = "spec.json"
 JOURNAL_FILE = "optuna.log"
 ANALYSIS_DIR = "analysis"
-DATA_DIR = "data"
 PARAMS_FILE = "params.json"  # Ray Tune's copy of a trial's config, in its folder
 METRICS = ("val_acc", "val_top5", "val_loss", "train_loss")
 # The columns of a trials table that are not config keys (besides best_* and last_* metrics).
@@ -105,9 +102,14 @@ class Experiment:
         return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
     # ------------------------------------------------------------------ spec and studies
-    def new_spec(self, spec: dict) -> dict:
-        """`spec` plus what this layout decides at creation: the study name and the journal's place."""
-        extra = {"studies": [self.name]}  # named once, here; never derived from the folder again
+    def study_name(self, label: str) -> str:
+        """The Optuna study of one (arch, head) pair, or of the joint search: named once, at creation."""
+        return self.name if label == "joint" else f"{self.name}:{label}"
+
+    def new_spec(self, spec: dict, labels: Sequence[str]) -> dict:
+        """`spec` plus what this layout decides at creation: the study names (label -> study; never
+        derived from the folder's name again) and, for a URI storage, the journal's place."""
+        extra = {"studies": {label: self.study_name(label) for label in labels}}
         if self.is_uri:
             extra["journal"] = str(self.local / JOURNAL_FILE)
         return {**spec, **extra}
@@ -133,10 +135,15 @@ class Experiment:
     def settings(self) -> dict:
         return self.spec.get("settings", {})
 
+    def studies(self) -> dict[str, str]:
+        """Label ("arch/head", or "joint") -> Optuna study name, from spec.json."""
+        studies = self.spec.get("studies") or {}
+        return studies if isinstance(studies, dict) else {"joint": name for name in studies}
+
     def study_names(self) -> list[str]:
         """From spec.json; for an older experiment without them, the studies its journal holds."""
-        if self.spec.get("studies"):
-            return list(self.spec["studies"])
+        if self.studies():
+            return list(self.studies().values())
         import optuna
 
         return [s.study_name for s in optuna.get_all_study_summaries(self.journal_storage())]
@@ -166,15 +173,9 @@ class Experiment:
 
     # ------------------------------------------------------------------ data
     def load_dataset(self, data_dir: str | Path | None = None) -> data.Dataset:
-        """The search's dataset: generated inside the experiment for a smoke run, else read from
-        `data_dir` (default: the one spec.json recorded)."""
-        if self.settings.get("fake_data"):
-            folder = self.local / DATA_DIR
-            if not (folder / "cifar-100-python").exists():
-                write_cifar100(folder)
-        else:
-            folder = Path(data_dir or self.spec.get("data_dir", "data"))
-        return data.load_dataset(self.spec.get("constants", {}).get("dataset", "cifar100"), folder)
+        """The search's dataset, from `data_dir` (default: the one spec.json recorded)."""
+        return data.load_search_data(self.spec.get("constants", {}).get("dataset", "cifar100"),
+                                     data_dir or self.spec.get("data_dir", "data"), self.settings.get("fake_data"))
 
     # ------------------------------------------------------------------ trials
     def _analysis(self):

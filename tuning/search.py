@@ -1,14 +1,17 @@
 """`python -m tuning.search --space NAME`: the hyperparameter search over (backbone, head).
 
-    python -m tuning.search --space smoke                       # ~2 min on 2 CPUs, generated data
+    python -m tuning.search --space smoke                       # ~1 min on 2 CPUs, generated data
     python -m tuning.search --space vit_heads --data-dir /data --gpus-per-trial 0.25
     python -m tuning.search --space vit_heads --name my-run --resume   # after a crash or Ctrl-C
     python -m tuning.search --space resnet_heads --address auto --storage /shared/exp   # a Ray cluster
 
-Optuna (TPE, seeded, journal in the experiment folder) proposes configs through a
-ConcurrencyLimiter; ASHA stops weak trials, which reach Optuna as PRUNED; every trial
-gets the dataset from the object store (loaded once by the driver) and checkpoints each
-epoch. Writes spec.json; exits 1 when every trial failed, 2 on bad input.
+Per-pair budgets (the default, `--budget pairs`): every (backbone, head) pair gets an equal
+share of the trials (+-1), its own Optuna study (TPE, seeded; all in the experiment's one
+journal) whose first trial is the family's known-good recipe, and its own ASHA; all pairs
+run in one Ray Tune experiment. `--budget joint`: one study and one ASHA over all pairs, for
+the best model overall rather than a comparison. ASHA-stopped trials reach Optuna as PRUNED;
+every trial gets the dataset from the object store (loaded once by the driver) and
+checkpoints each epoch. Writes spec.json; exits 1 when every trial failed, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from pathlib import Path
 import search_spaces
 from common.cli import guard
 from common.status import ERROR, FINISHED
-from search_spaces._registry import Space, define_by_run, sample_config
+from search_spaces._registry import DataInfo, Pair, Space, define_by_run, sample_config
+from search_spaces.spaces import baseline
 from tuning import data
 from tuning.config import TrainConfig, parse_assignment
 from tuning.experiment import Experiment, config_columns
@@ -35,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", required=True, help=f"one of: {', '.join(search_spaces.list_spaces())}")
-    p.add_argument("--num-samples", type=int, help="trials in all (default: the space's)")
+    p.add_argument("--num-samples", type=int, help="trials in all, not per pair (default: the space's); with "
+                   "--budget pairs each (arch, head) pair gets an equal share (+-1)")
+    p.add_argument("--budget", choices=("pairs", "joint"), default="pairs",
+                   help="pairs: equal trials, one Optuna study and one ASHA per (arch, head) pair, for a fair "
+                        "comparison; joint: one study and one ASHA over all pairs, for the best model overall")
+    p.add_argument("--dataset", help="cifar100, cifar10, fashion_mnist or imagefolder:PATH (default: the "
+                   "space's); the number of classes and the hierarchy come from the data")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
     p.add_argument("--gpus-per-trial", type=float, help="fractional GPUs per trial, e.g. 0.25 = 4 per GPU "
                    "(default: the space's where GPUs exist, else 0)")
@@ -49,10 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard-host", default="127.0.0.1", help="address the dashboard binds to")
     p.add_argument("--seed", type=int, default=0, help="seeds the TPE sampler")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a space constant or search setting, e.g. epochs=10 grace_period=3 (repeatable)")
+                   help="override a space constant or search setting, e.g. epochs=10 grace_period=3; a searched "
+                        "parameter so set is no longer searched; arch=NAME / head=[a,b] restrict the pairs "
+                        "(repeatable)")
     p.add_argument("--data-dir", default="data", help="folder with the official dataset files")
     p.add_argument("--dry-run", type=int, nargs="?", const=5, metavar="N",
-                   help="print the resolved spec and the first N sampled configs (default 5); train nothing")
+                   help="print the resolved spec, the pairs and each pair's first N configs (default 5); train "
+                        "nothing")
     return p
 
 
@@ -60,11 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_space(args: argparse.Namespace) -> Space:
     """The named space with --set and the dedicated flags applied, checked."""
     overrides = dict(parse_assignment(text) for text in args.overrides)
-    for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial"):
+    for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "dataset"):
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
     space = search_spaces.get_space(args.space).with_overrides(overrides)
     check_settings(space.resolved_settings())
+    if args.budget == "pairs" and space.resolved_settings()["num_samples"] < len(space.pairs()):
+        raise ValueError(f"num_samples={space.resolved_settings()['num_samples']} leaves some of the "
+                         f"{len(space.pairs())} (arch, head) pairs without a trial: give at least "
+                         f"{len(space.pairs())}, restrict the pairs (--set head=...) or use --budget joint")
     return space
 
 
@@ -93,13 +110,29 @@ def check_gpus(requested: float | None, available: float) -> float:
     return requested
 
 
-def preview_configs(space: Space, n: int, seed: int) -> list[dict]:
-    """The first n configs the seeded sampler proposes, each validated as a trial would be."""
+def study_labels(space: Space, budget: str) -> dict[str, Pair | None]:
+    """Label -> the pair its study searches (None: the joint study over all pairs)."""
+    return {f"{a}/{h}": (a, h) for a, h in space.pairs()} if budget == "pairs" else {"joint": None}
+
+
+def first_trials(space: Space, info: DataInfo, pair: Pair | None) -> list[dict]:
+    """The enqueued first trial(s) of a study: the pair's recipe; for the joint study, every pair's."""
+    if pair is not None:
+        return [baseline(space, info, pair)]
+    several = {"arch": len(space.archs) > 1, "head": len(space.pairs()) > len(space.archs)}
+    return [{**{k: v for k, v in zip(("arch", "head"), p) if several[k]}, **baseline(space, info, p)}
+            for p in space.pairs()]
+
+
+def preview_configs(space: Space, info: DataInfo, pair: Pair | None, n: int, seed: int) -> list[dict]:
+    """The first n configs a study proposes (its baseline first), each validated as a trial would be."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    configs = [sample_config(space, study.ask()) for _ in range(n)]
+    for params in first_trials(space, info, pair):
+        study.enqueue_trial(params)
+    configs = [sample_config(space, info, pair, study.ask()) for _ in range(n)]
     for config in configs:
         TrainConfig.from_dict(config)
     return configs
@@ -114,7 +147,7 @@ def _git_sha() -> str | None:
         return None
 
 
-def make_spec(args: argparse.Namespace, space: Space) -> dict:
+def make_spec(args: argparse.Namespace, space: Space, ds: data.Dataset) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -125,51 +158,69 @@ def make_spec(args: argparse.Namespace, space: Space) -> dict:
             versions[pkg] = None
     return {"space": space.name, "description": space.description, "overrides": args.overrides,
             "constants": space.constants, "settings": space.resolved_settings(), "max_epochs": space.max_epochs,
-            "seed": args.seed,
+            "budget": args.budget, "pairs": [list(p) for p in space.pairs()], "seed": args.seed,
+            "dataset": {"name": ds.name, "num_classes": ds.num_classes, "in_chans": ds.in_chans,
+                        "img_size": ds.img_size, "hierarchy": ds.class_to_group is not None},
             "data_dir": str(args.data_dir), "argv": sys.argv[1:], "versions": {"python": platform.python_version(),
                                                                                **versions},
             "git_sha": _git_sha(), "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 # ----------------------------------------------------------------------------- Ray parts
-def load_split(space: Space, exp: Experiment, data_dir: str):
-    c = space.constants
-    defaults = TrainConfig()
-    return data.split_train_val(exp.load_dataset(data_dir), c.get("val_fraction", defaults.val_fraction),
-                                c.get("seed", defaults.seed), c.get("train_limit"))
+def load_dataset(space: Space, data_dir: str) -> data.Dataset:
+    return data.load_search_data(space.constants.get("dataset", "cifar100"), data_dir,
+                                 space.resolved_settings()["fake_data"])
 
 
-def make_searcher(space: Space, exp: Experiment, seed: int):
+def split_of(space: Space, ds: data.Dataset) -> data.Split:
+    c, defaults = space.constants, TrainConfig()
+    return data.split_train_val(ds, c.get("val_fraction", defaults.val_fraction), c.get("seed", defaults.seed),
+                                c.get("train_limit"))
+
+
+def make_searcher(space: Space, exp: Experiment, info: DataInfo, seed: int, budget: str):
+    """One study per pair (PairedSearch) or one joint study, each seeded and starting from its recipe."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     from tuning.optuna_pruned import PruningAwareOptunaSearch
+    from tuning.pairs import PairedSearch
 
-    s = space.resolved_settings()
-    searcher = PruningAwareOptunaSearch(
-        space=functools.partial(define_by_run, space), metric=s["metric"], mode=s["mode"],
-        sampler=optuna.samplers.TPESampler(seed=seed), storage=exp.journal_storage(),
-        study_name=exp.study_names()[0], max_epochs=space.max_epochs)
+    s, studies = space.resolved_settings(), exp.studies()
+
+    def study(label: str, pair: Pair | None):
+        return PruningAwareOptunaSearch(
+            space=functools.partial(define_by_run, space, info, pair), metric=s["metric"], mode=s["mode"],
+            sampler=optuna.samplers.TPESampler(seed=seed), storage=exp.journal_storage(),
+            study_name=studies[label], points_to_evaluate=first_trials(space, info, pair),
+            max_epochs=space.max_epochs)
+
+    labels = study_labels(space, budget)
+    searcher = study("joint", None) if budget == "joint" else \
+        PairedSearch({pair: study(label, pair) for label, pair in labels.items()}, s["metric"], s["mode"])
     return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
 
 
-def make_tuner(space: Space, split, exp: Experiment, gpus: float, seed: int):
+def make_tuner(space: Space, split, exp: Experiment, gpus: float, seed: int, budget: str):
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
+    from tuning.pairs import PerPairASHA
     from tuning.trainable import train_trial
 
     s = space.resolved_settings()
     trainable = tune.with_resources(tune.with_parameters(train_trial, split=split),
                                     {"cpu": s["cpus_per_trial"], "gpu": gpus})
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.max_epochs,
-                              grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+    asha = functools.partial(ASHAScheduler, time_attr="training_iteration", max_t=space.max_epochs,
+                             grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+    scheduler = PerPairASHA(asha) if budget == "pairs" else asha()
+    info = DataInfo(split.dataset.num_classes, split.dataset.class_to_group is not None)
     run_config = tune.RunConfig(
         name=exp.name, storage_path=exp.storage, callbacks=[TBXLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]))
-    tune_config = tune.TuneConfig(search_alg=make_searcher(space, exp, seed), scheduler=scheduler,
+    tune_config = tune.TuneConfig(search_alg=make_searcher(space, exp, info, seed, budget), scheduler=scheduler,
                                   num_samples=s["num_samples"], metric=s["metric"], mode=s["mode"],
                                   reuse_actors=True)  # a new trial skips the worker's torch import
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), trainable
@@ -178,12 +229,19 @@ def make_tuner(space: Space, split, exp: Experiment, gpus: float, seed: int):
 def run_search(args: argparse.Namespace) -> int:
     space = resolve_space(args)
     exp = Experiment.at(args.storage, args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    ds = load_dataset(space, args.data_dir)  # the classes, hierarchy and image size come from the data
+    info = DataInfo(ds.num_classes, ds.class_to_group is not None)
+    labels = study_labels(space, args.budget)
+    spec = exp.new_spec(make_spec(args, space, ds), labels)
     if args.dry_run is not None:
-        print(json.dumps({**exp.new_spec(make_spec(args, space)), "experiment": exp.uri}, indent=2, default=str))
-        for i, config in enumerate(preview_configs(space, args.dry_run, args.seed)):
-            print(f"config {i}: {json.dumps(config, default=str)}")
+        print(json.dumps({**spec, "experiment": exp.uri}, indent=2, default=str))
+        for label, pair in labels.items():
+            print(f"study {spec['studies'][label]} ({label}; its first config is the recipe):")
+            for i, config in enumerate(preview_configs(space, info, pair, args.dry_run, args.seed)):
+                print(f"  config {i}: {json.dumps(config, default=str)}")
         return 0
-    preview_configs(space, 1, args.seed)  # bad --set values fail here, before Ray starts
+    for pair in labels.values():  # bad --set values fail here, before anything is written or Ray starts
+        preview_configs(space, info, pair, 2, args.seed)
     if args.resume and not exp.exists():
         raise ValueError(f"--resume: no experiment at {exp.uri}; give the --name of an existing one")
     if not args.resume and exp.exists():
@@ -192,8 +250,8 @@ def run_search(args: argparse.Namespace) -> int:
         check_gpus(args.gpus_per_trial, _local_gpus())  # fail fast, before Ray starts
     exp.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        exp.write_spec(exp.new_spec(make_spec(args, space)))
-    return _run_with_ray(args, space, exp)
+        exp.write_spec(spec)
+    return _run_with_ray(args, space, exp, split_of(space, ds))
 
 
 def _local_gpus() -> int:
@@ -202,7 +260,7 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def _run_with_ray(args, space: Space, exp: Experiment) -> int:
+def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int:
     import ray
     from ray import tune
 
@@ -217,8 +275,7 @@ def _run_with_ray(args, space: Space, exp: Experiment) -> int:
             print(f"Ray dashboard: http://{context.dashboard_url}")
         print(f"experiment: {exp.uri}\noptuna-dashboard {exp.journal}\n"
               f"tensorboard --logdir {exp.uri}", flush=True)
-        split = load_split(space, exp, args.data_dir)
-        tuner, trainable = make_tuner(space, split, exp, gpus, args.seed)
+        tuner, trainable = make_tuner(space, split, exp, gpus, args.seed, exp.spec.get("budget", args.budget))
         if args.resume and tune.Tuner.can_restore(exp.uri):
             tuner = tune.Tuner.restore(exp.uri, trainable=trainable, resume_errored=True)
         tuner.fit()
@@ -236,6 +293,10 @@ def summarize(exp: Experiment) -> int:
     trials = exp.trials()
     failed = trials[trials["status"] == ERROR] if len(trials) else trials
     print(f"\n{len(trials)} trials, {len(failed)} failed")
+    if len(trials):
+        counts = trials.groupby(["arch", "head"]).size()
+        print(f"trials per (backbone, head) ({exp.spec.get('budget', 'joint')} budget): "
+              + ", ".join(f"{a}/{h} {n}" for (a, h), n in counts.items()))
     best = exp.best(trials) if len(trials) and trials["status"].isin(FINISHED).any() else trials[:0]
     if len(best):
         searched = [c for c in config_columns(trials) if c not in ("arch", "head")

@@ -9,14 +9,12 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from common.cli import guard
 from tuning import data
 from tuning.config import TrainConfig, field_help, parse_assignment
-from tuning.fake_data import write_cifar100
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -76,9 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
     started = time.perf_counter()
     if args.smoke:
-        with tempfile.TemporaryDirectory(prefix="headsweep-smoke-") as tmp:
-            write_cifar100(Path(tmp))
-            ds = data.load_dataset(cfg.dataset, tmp, download=False)
+        ds = data.load_search_data(cfg.dataset, args.data_dir, fake=True)
         print("smoke: tiny generated CIFAR-100-format data (not real images)")
     else:
         ds = data.load_dataset(cfg.dataset, args.data_dir, download=not args.no_download)

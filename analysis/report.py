@@ -1,10 +1,11 @@
 """`python -m analysis.report EXPERIMENT`: `<experiment>/analysis/report.md` with PNG figures.
 
-Sections: summary (mean +- std over seeds per backbone x head), accuracy against epoch
-time with the Pareto front, learning curves of the best trials, trials surviving each
-ASHA rung, confusion matrices (fine and coarse), parameter importance (Optuna), the
-heads' cost (measured and from complexity()), observations computed from the numbers,
-and provenance. Test-set numbers come from `analysis.retrain` (final.parquet); without
+Sections: summary (mean +- std over seeds per backbone x head), each head against softmax
+on its backbone (paired over seeds), accuracy against epoch time with the Pareto front,
+learning curves of the best trials, trials surviving each ASHA rung, confusion matrices
+(fine and coarse, with class names), parameter importance (Optuna, where a study has enough
+trials), the heads' cost (measured and from complexity()), observations computed from the
+numbers, and provenance with the caveat that fits the data. Test-set numbers come from `analysis.retrain` (final.parquet); without
 it the report says so and shows the search alone.
 """
 from __future__ import annotations
@@ -23,13 +24,12 @@ import torch
 from matplotlib.ticker import MaxNLocator  # no backend chosen by this import
 
 import heads
+from analysis.compare import at_chance, data_caveat, finished, versus_softmax
 from common.cli import guard
 from common.status import ERROR, FINISHED, PRUNED
 from tuning.experiment import Experiment
 
-DATASET_CAVEAT = ("If the data came from headsweep's shared copy (`../shared/data`), its train/test split is "
-                  "not the official CIFAR-100 split (a class-balanced test set drawn with a fixed seed): test "
-                  "accuracies here compare with published ones only approximately.")
+MIN_TRIALS_FOR_IMPORTANCE = 10  # completed trials of one study below which fANOVA's ranking is noise
 
 
 def _fig_path(out: Path, name: str) -> Path:
@@ -73,16 +73,22 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 
 def plot_pareto(final: pd.DataFrame, out: Path) -> tuple[Path, pd.DataFrame]:
+    """Mean test accuracy (error bars: std over seeds) against epoch time; the front leaves out
+    pairs at chance level, which are "fast" only because they learned nothing."""
     plt = _plt()
-    means = final[final["status"] != ERROR].groupby(["arch", "head"], as_index=False)[
-        ["accuracy", "epoch_time_s_mean"]].mean()
-    front = pareto_front(means, "epoch_time_s_mean", "accuracy")
+    grouped = finished(final).groupby(["arch", "head"])[["accuracy", "epoch_time_s_mean"]]
+    means = grouped.mean().reset_index()
+    std = grouped.std().fillna(0.0).reset_index()
+    stuck = at_chance(final)
+    learned = means[[(a, h) not in stuck for a, h in zip(means.arch, means["head"])]]
+    front = pareto_front(learned, "epoch_time_s_mean", "accuracy")
     fig, ax = plt.subplots(figsize=(7, 5))
-    for _, r in means.iterrows():
-        ax.scatter(r.epoch_time_s_mean, r.accuracy)
-        ax.annotate(f"{r.arch}/{r['head']}", (r.epoch_time_s_mean, r.accuracy), fontsize=8)
+    for (_, r), (_, e) in zip(means.iterrows(), std.iterrows()):
+        ax.errorbar(r.epoch_time_s_mean, r.accuracy, yerr=e.accuracy, xerr=e.epoch_time_s_mean, fmt="o", capsize=3)
+        ax.annotate(f"{r.arch}/{r['head']}" + (" (chance)" if (r.arch, r["head"]) in stuck else ""),
+                    (r.epoch_time_s_mean, r.accuracy), fontsize=8)
     ax.plot(front.epoch_time_s_mean, front.accuracy, "k--", label="Pareto front")
-    ax.set(xlabel="epoch time (s)", ylabel="test accuracy (mean over seeds)", title="Accuracy against cost")
+    ax.set(xlabel="epoch time (s)", ylabel="test accuracy (mean +- std over seeds)", title="Accuracy against cost")
     ax.legend()
     path = _fig_path(out, "pareto")
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -128,14 +134,21 @@ def plot_rungs(rungs: pd.DataFrame, out: Path) -> Path:
     return path
 
 
-def plot_confusion(matrix: np.ndarray, title: str, out: Path, name: str) -> Path:
+def plot_confusion(matrix: np.ndarray, title: str, out: Path, name: str, labels: list[str] | None = None) -> Path:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    size = 7 if labels is None or len(labels) <= 20 else 14
+    fig, ax = plt.subplots(figsize=(size, size * 6 / 7))
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # per true class
     im = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(MaxNLocator(integer=True))
+    if labels is not None and len(labels) == len(matrix) <= 100:  # names stay legible up to ~100 classes
+        ticks = np.arange(len(labels))
+        font = 8 if len(labels) <= 20 else 4
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=font)
+        ax.set_yticks(ticks, labels, fontsize=font)
+    else:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=ax, label="share of the true class")
     path = _fig_path(out, name)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -143,14 +156,32 @@ def plot_confusion(matrix: np.ndarray, title: str, out: Path, name: str) -> Path
     return path
 
 
-def param_importance(exp: Experiment) -> tuple[pd.DataFrame | None, str]:
-    """optuna.importance over the study's completed trials, or the reason it cannot be computed."""
+def importance_section(exp: Experiment) -> list[str]:
+    """fANOVA importances of every study with enough completed trials; the others are named."""
     import optuna
 
     if not exp.journal.exists():
-        return None, f"no Optuna journal at {exp.journal}"
+        return [f"No Optuna journal at {exp.journal}.", ""]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = exp.load_study()
+    md, few = [], []
+    for label, name in (exp.studies() or {"study": n for n in exp.study_names()}).items():
+        study = exp.load_study(name)
+        n = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if n < MIN_TRIALS_FOR_IMPORTANCE:
+            few.append(f"{label} ({n})")
+            continue
+        scores, how = param_importance(study)
+        md += [f"**{label}**: {how}.", ""] + ([_table(scores), ""] if scores is not None else [])
+    if few:
+        md += [f"Not computed for {', '.join(few)}: fewer than {MIN_TRIALS_FOR_IMPORTANCE} completed trials "
+               "(pruned ones excluded) in the study, too few for a ranking of parameters to mean anything.", ""]
+    return md
+
+
+def param_importance(study) -> tuple[pd.DataFrame | None, str]:
+    """optuna.importance over a study's completed trials, or the reason it cannot be computed."""
+    import optuna
+
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     try:
@@ -167,7 +198,7 @@ def param_importance(exp: Experiment) -> tuple[pd.DataFrame | None, str]:
 
 
 def head_costs(final: pd.DataFrame) -> pd.DataFrame:
-    ok = final[final["status"] != ERROR]
+    ok = finished(final)
     cols = ["head_train_madds", "head_log_prob_madds", "head_predict_madds", "head_time_share", "epoch_time_s_mean"]
     costs = ok.groupby(["arch", "head"], as_index=False)[cols].mean()
     costs["train_madds_vs_softmax"] = ok.groupby(["arch", "head"])["softmax_madds"].mean().values / \
@@ -187,38 +218,44 @@ def observations(final: pd.DataFrame | None, trials: pd.DataFrame, max_epochs: i
                      f"of the epochs a full run of each would take.")
     if final is None or final.empty or (final.status == ERROR).all():
         return notes
-    ok = final[final.status != ERROR]
+    ok = finished(final)
     stats = ok.groupby(["arch", "head"])["accuracy"].agg(["mean", "std", "count"]).fillna(0.0)
     stats = stats.sort_values("mean", ascending=False)
-    chance = 1.0 / ok["num_classes"].iloc[0] if "num_classes" in ok else None
-    if chance is not None:
-        stuck = [f"{a}+{h} ({m:.4f})" for (a, h), m in stats["mean"].items() if m < 2 * chance]
-        if stuck:
-            notes.append(f"At chance level (accuracy below 2/C = {2 * chance:.4f}): {', '.join(stuck)}. The best "
-                         "config the search found for these never learned, so comparisons with them measure the "
-                         "search budget, not the head: search more samples or a narrower lr range.")
+    stuck = at_chance(final)
+    if stuck:
+        chance = 1.0 / ok["num_classes"].iloc[0]
+        names = ", ".join(f"{a}+{h} ({stats.loc[(a, h), 'mean']:.4f})" for a, h in sorted(stuck))
+        notes.append(f"At chance level (accuracy below 2/C = {2 * chance:.4f}): {names}. The best "
+                     "config the search found for these never learned, so comparisons with them measure the "
+                     "search budget, not the head: search more samples or a narrower lr range. They are left out "
+                     "of the Pareto front and of the calibration ranking.")
     (arch, head), top = stats.index[0], stats.iloc[0]
-    notes.append(f"Best on the test set: {arch} + {head}, accuracy {top['mean']:.4f} +- {top['std']:.4f} "
-                 f"over {int(top['count'])} seeds.")
+    seeds = int(top["count"])
+    notes.append(f"Best on the test set: {arch} + {head}, accuracy {top['mean']:.4f}"
+                 + (f" +- {top['std']:.4f} over {seeds} seeds." if seeds > 1 else " (one seed)."))
     if len(stats) > 1:
         second, gap = stats.index[1], top["mean"] - stats.iloc[1]["mean"]
-        noise = max(top["std"], stats.iloc[1]["std"])
-        verdict = "larger than" if gap > noise else "within"
-        notes.append(f"Its lead over {second[0]} + {second[1]} is {gap:.4f}, {verdict} the seed-to-seed "
-                     f"standard deviation ({noise:.4f}).")
-    for arch, group in ok.groupby("arch"):
-        if "softmax" in set(group["head"]) and group["head"].nunique() > 1:
-            means = group.groupby("head")[["accuracy", "epoch_time_s_mean"]].mean()
-            for h, r in means.drop(index="softmax").iterrows():
-                da = r.accuracy - means.loc["softmax", "accuracy"]
-                dt = r.epoch_time_s_mean / means.loc["softmax", "epoch_time_s_mean"]
-                notes.append(f"{arch}: {h} vs softmax: accuracy {da:+.4f}, epoch time x{dt:.2f}.")
+        if min(seeds, int(stats.iloc[1]["count"])) < 2:
+            notes.append(f"Its lead over {second[0]} + {second[1]} is {gap:.4f}; with one seed there is no spread "
+                         "to judge it against, so no claim is made about whether it is real.")
+        else:
+            noise = max(top["std"], stats.iloc[1]["std"])
+            verdict = "larger than" if gap > noise else "within"
+            notes.append(f"Its lead over {second[0]} + {second[1]} is {gap:.4f}, {verdict} the seed-to-seed "
+                         f"standard deviation ({noise:.4f}).")
+    vs = versus_softmax(final)
+    for _, r in vs[vs["head"] != "softmax"].iterrows() if len(vs) else []:
+        ci = f", 95% CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if np.isfinite(r.ci_low) else ""
+        notes.append(f"{r.arch}: {r['head']} vs softmax: accuracy {r['diff']:+.4f}{ci} over {r.seeds} seed(s): "
+                     f"{r.verdict}; epoch time x{r.epoch_time_vs_softmax:.2f}.")
     share = ok.groupby("head")["head_time_share"].mean()
     notes.append(f"The head takes between {share.min():.1%} ({share.idxmin()}) and {share.max():.1%} "
                  f"({share.idxmax()}) of a training step's time.")
-    ece = ok.groupby("head")["ece"].mean()
-    notes.append(f"Best calibrated head: {ece.idxmin()} (ECE {ece.min():.4f}); worst: {ece.idxmax()} "
-                 f"(ECE {ece.max():.4f}).")
+    learned = ok[[(a, h) not in stuck for a, h in zip(ok.arch, ok["head"])]]
+    if len(learned):
+        ece = learned.groupby("head")["ece"].mean()
+        notes.append(f"Best calibrated head: {ece.idxmin()} (ECE {ece.min():.4f}); worst: {ece.idxmax()} "
+                     f"(ECE {ece.max():.4f}); pairs at chance level left out.")
     if front is not None and len(front):
         names = ", ".join(f"{r.arch}+{r['head']}" for _, r in front.iterrows())
         notes.append(f"On the accuracy / epoch-time Pareto front: {names}.")
@@ -233,11 +270,8 @@ def provenance(spec: dict, final: pd.DataFrame | None) -> list[str]:
              f"- versions: {versions or 'unknown (no spec.json)'}",
              f"- report made on {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
              f"retrains ran on {', '.join(devices) or 'n/a'}",
-             f"- data: `{spec.get('constants', {}).get('dataset', '?')}` from `{spec.get('data_dir', '?')}`"]
-    if spec.get("settings", {}).get("fake_data"):
-        lines.append("- **generated data** (smoke): these numbers check the pipeline, not the models.")
-    else:
-        lines.append(f"- {DATASET_CAVEAT}")
+             f"- data: `{spec.get('constants', {}).get('dataset', '?')}` from `{spec.get('data_dir', '?')}`",
+             f"- {data_caveat(spec)}"]
     return lines
 
 
@@ -249,9 +283,10 @@ def build_report(path: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     settings = exp.settings
     max_epochs = int(spec.get("max_epochs", trials.get("epochs", pd.Series([1])).max()))  # no spec: trials say
-    md = [f"# headsweep report: {exp.name}", ""]
+    md = [f"# headsweep report: {exp.name}", "", f"Data: {data_caveat(spec)}", ""]
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     md += [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]
+    md += budget_section(spec, trials)
     if len(trials) == 0 or (trials["status"] == ERROR).all():
         md += ["## Every trial failed", "", "No trial produced a result, so there is nothing to compare. "
                "First errors:", ""]
@@ -269,9 +304,11 @@ def build_report(path: str | Path) -> Path:
                _table(exp.best(trials)[["arch", "head", "trial_id", "best_val_acc", "epochs_run"]]), ""]
     else:
         md += [_table(summary(final)), ""]
+        md += versus_softmax_section(final, trials)
         path, front = plot_pareto(final, out)
         md += ["## Accuracy against epoch time", "", f"![pareto](figures/{path.name})", "",
-               "Pareto front (no other combination is both faster and more accurate):", "",
+               "Pareto front (no other combination is both faster and more accurate; pairs at chance level left "
+               "out):", "",
                _table(front), ""]
     chosen = exp.best(trials)
     path = plot_learning_curves(exp.history(), chosen, out)
@@ -282,11 +319,8 @@ def build_report(path: str | Path) -> Path:
            f"{settings.get('reduction_factor')}, at most {max_epochs} epochs.", "", _table(rungs), "",
            f"![rungs](figures/{path.name})", ""]
     if final is not None and "confusion_file" in final and final["confusion_file"].notna().any():
-        md += confusion_section(final, out)
-    scores, how = param_importance(exp)
-    md += ["## Parameter importance", "", f"{how}.", ""]
-    if scores is not None:
-        md += [_table(scores), ""]
+        md += confusion_section(final, out, class_names(exp))
+    md += ["## Parameter importance", "", *importance_section(exp)]
     md += ["## Cost of the heads", ""]
     if final is not None and (final["status"] != ERROR).any():
         md += ["Multiply-adds per example from `complexity()` next to the measured share of a training "
@@ -298,7 +332,43 @@ def build_report(path: str | Path) -> Path:
     return _write(out, md)
 
 
-def confusion_section(final: pd.DataFrame, out: Path) -> list[str]:
+def budget_section(spec: dict, trials: pd.DataFrame) -> list[str]:
+    budget = spec.get("budget", "joint")
+    how = ("per-pair budgets: each (backbone, head) pair had its own Optuna study, its own ASHA and an equal "
+           "share of the trials" if budget == "pairs" else
+           "one joint budget: a single Optuna study and one ASHA over all pairs (a search for the best model "
+           "overall; trial counts per pair are not equal by design)")
+    counts = trials.groupby(["arch", "head"]).size().rename("trials").reset_index() if len(trials) else None
+    return [f"Budget: {how}.", ""] + ([_table(counts), ""] if counts is not None else [])
+
+
+def versus_softmax_section(final: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
+    vs = versus_softmax(final, trials)
+    if vs.empty:
+        return []
+    cols = [c for c in ("arch", "head", "trials", "seeds", "accuracy", "accuracy_std", "diff", "ci_low", "ci_high",
+                        "p_value", "verdict", "epoch_time_vs_softmax", "head_time_vs_softmax") if c in vs]
+    return ["## Each head against softmax", "",
+            "Test accuracy minus softmax's on the same backbone, paired by seed; `ci_low`/`ci_high` is the 95% "
+            "confidence interval of the mean difference (paired t-test over seeds), and the verdict says whether "
+            "it excludes zero. With one seed no claim is made. Epoch and head time are ratios to softmax's.", "",
+            _table(vs[cols]), ""]
+
+
+def class_names(exp: Experiment) -> tuple[list[str] | None, list[str] | None]:
+    """(class names, group names) from spec.json; for an experiment that did not record them, from
+    its dataset where that is on this machine."""
+    info = exp.spec.get("dataset", {})
+    if "classes" in info:
+        return info["classes"], info.get("groups")
+    try:
+        ds = exp.load_dataset()
+    except (FileNotFoundError, ValueError):
+        return None, None
+    return ds.classes, ds.group_names
+
+
+def confusion_section(final: pd.DataFrame, out: Path, names: tuple[list[str] | None, list[str] | None]) -> list[str]:
     ok = final[(final["status"] != ERROR) & final["confusion_file"].notna()]
     best_label = ok.groupby("label")["accuracy"].mean().idxmax()
     rows = ok[ok["label"] == best_label]
@@ -306,7 +376,8 @@ def confusion_section(final: pd.DataFrame, out: Path) -> list[str]:
     for kind, col in (("fine", "confusion_file"), ("coarse", "confusion_coarse_file")):
         if col in rows and rows[col].notna().all():
             matrix = sum(np.load(out / f) for f in rows[col])
-            path = plot_confusion(matrix, f"{best_label}: {kind} classes", out, f"confusion_{kind}")
+            labels = names[0] if kind == "fine" else names[1]
+            path = plot_confusion(matrix, f"{best_label}: {kind} classes", out, f"confusion_{kind}", labels)
             md += [f"![{kind}](figures/{path.name})", ""]
     return md
 

@@ -133,11 +133,15 @@ def test_observations_flag_combinations_at_chance():
     final = pd.DataFrame({"arch": ["cnn"] * 4, "head": ["softmax", "softmax", "hierarchical", "hierarchical"],
                           "status": ["completed"] * 4, "accuracy": [0.011, 0.009, 0.30, 0.32],
                           "head_time_share": [0.01] * 4, "ece": [0.02] * 4, "epoch_time_s_mean": [1.0, 1.0, 1.2, 1.2],
-                          "num_classes": [100] * 4})
+                          "num_classes": [100] * 4, "seed": [0, 1, 0, 1]})
     notes = report.observations(final, trials, 4, None)
     assert any(n.startswith("At chance level (accuracy below 2/C = 0.0200): cnn+softmax (0.0100)") for n in notes)
     assert "ASHA stopped 1 of 2 finished trials early, saving 38% of the epochs" in notes[0]
-    assert any("hierarchical vs softmax: accuracy +0.3000, epoch time x1.20" in n for n in notes)
+    # paired by seed: differences 0.289 and 0.311, so the 95% CI is 0.300 +- 12.71 * 0.011
+    assert any("hierarchical vs softmax: accuracy +0.3000, 95% CI [+0.1602, +0.4398] over 2 seed(s): better than "
+               "softmax; epoch time x1.20" in n for n in notes), notes
+    calibrated = next(n for n in notes if n.startswith("Best calibrated"))
+    assert "softmax" not in calibrated  # at chance: left out of the calibration ranking
 
 
 @pytest.mark.slow

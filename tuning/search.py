@@ -147,6 +147,13 @@ def _git_sha() -> str | None:
         return None
 
 
+def dataset_spec(ds: data.Dataset, data_dir: str | None) -> dict:
+    """What the report needs to know of the data: its shape, its class names, whether its split is official."""
+    return {"name": ds.name, "num_classes": ds.num_classes, "in_chans": ds.in_chans, "img_size": ds.img_size,
+            "hierarchy": ds.class_to_group is not None, "classes": ds.classes, "groups": ds.group_names,
+            "official_split": data.official_split(ds.name, data_dir) if data_dir else None}
+
+
 def make_spec(args: argparse.Namespace, space: Space, ds: data.Dataset) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -159,8 +166,7 @@ def make_spec(args: argparse.Namespace, space: Space, ds: data.Dataset) -> dict:
     return {"space": space.name, "description": space.description, "overrides": args.overrides,
             "constants": space.constants, "settings": space.resolved_settings(), "max_epochs": space.max_epochs,
             "budget": args.budget, "pairs": [list(p) for p in space.pairs()], "seed": args.seed,
-            "dataset": {"name": ds.name, "num_classes": ds.num_classes, "in_chans": ds.in_chans,
-                        "img_size": ds.img_size, "hierarchy": ds.class_to_group is not None},
+            "dataset": dataset_spec(ds, None if space.resolved_settings()["fake_data"] else args.data_dir),
             "data_dir": str(args.data_dir), "argv": sys.argv[1:], "versions": {"python": platform.python_version(),
                                                                                **versions},
             "git_sha": _git_sha(), "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

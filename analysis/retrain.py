@@ -98,7 +98,7 @@ def retrain_one(config: dict, seed: int, split: data.Split, out_dir: Path, label
             "head_train_madds": cost["train_madds"], "head_log_prob_madds": cost["log_prob_madds"],
             "head_predict_madds": cost["predict_madds"], "head_formula": cost["formula"],
             "softmax_madds": model.backbone.num_features * split.dataset.num_classes,  # d*C, the baseline
-            "num_classes": split.dataset.num_classes,
+            "num_classes": split.dataset.num_classes, "class_names": json.dumps(split.dataset.classes),
             "device": str(trained.device), "config": json.dumps(cfg.to_flat(), default=str), **files}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from common.options import has_type, type_name
 
 SCHEDULES = ("cosine", "step", "constant")
+PAD_MODES = ("auto", "constant", "reflect", "replicate")
 
 
 @dataclass
@@ -39,7 +40,12 @@ class TrainConfig:
     step_epochs: int = 10  # step schedule: epochs between decays
     step_gamma: float = 0.1  # step schedule: multiplicative decay
     label_smoothing: float = 0.0  # probability mass spread over all classes
-    augment: bool = True  # random crop (pad 4) + horizontal flip, on device
+    augment: bool = True  # random crop + horizontal flip on device, as the next three say; false = none
+    flip: bool | None = None  # horizontal flip; None = the dataset's default (an ImageFolder may declare it off)
+    crop_pad: int = 4  # random-crop padding in pixels; 0 = no crop
+    pad_mode: str = "auto"  # crop padding: constant (zeros) / reflect / replicate; auto = the dataset's default
+    image_size: int = 32  # ImageFolder images are resized to this many pixels a side (other sets keep theirs)
+    hierarchy_file: str | None = None  # JSON {class name: group name}: the hierarchical head's tree, any dataset
     val_fraction: float = 0.1  # share of the training set held out for validation
     train_limit: int | None = None  # keep this many training images (stratified); None = all
     seed: int = 0  # model init, split, batch order, augmentation
@@ -90,7 +96,8 @@ class TrainConfig:
                 raise ValueError(f"config key {f.name!r}={value!r} has the wrong type: must be {type_name(hints[f.name])}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS.list()}")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
-        for key, low in (("epochs", 1), ("batch_size", 1), ("step_epochs", 1)):
+        _check(self.pad_mode in PAD_MODES, "pad_mode", self.pad_mode, f"one of {PAD_MODES}")
+        for key, low in (("epochs", 1), ("batch_size", 1), ("step_epochs", 1), ("crop_pad", 0), ("image_size", 4)):
             _check(int(getattr(self, key)) >= low, key, getattr(self, key), f">= {low}")
         _check(self.lr > 0, "lr", self.lr, "> 0")
         _check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")

@@ -1,8 +1,8 @@
 """Datasets as in-memory uint8 arrays (N, C, H, W) with labels, class names and,
-where the dataset has one, a two-level class hierarchy.
+where the dataset has one, a two-level class hierarchy (or one given by a mapping file).
 
 Readers take the official on-disk formats (CIFAR python pickles, Fashion-MNIST idx
-files, an ImageFolder tree). Missing official files are downloaded (md5 checked)
+files, an ImageFolder tree: tuning/imagefolder.py). Missing official files are downloaded (md5 checked)
 when the network is reachable; offline the error says which files to put where.
 Pickles are read with a restricted unpickler: a crafted file cannot run code.
 """
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import pickle
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from common.registry import Registry
+from tuning.imagefolder import read as read_image_folder
 from tuning.fake_data import write_all
 
 DATASETS = Registry("dataset")
@@ -61,6 +63,7 @@ class Dataset:
     classes: list[str]
     class_to_group: np.ndarray | None = None  # fine class -> superclass id, (C,)
     group_names: list[str] | None = None
+    augment: dict = field(default_factory=dict)  # the set's own defaults: flip (bool), pad_mode (str)
 
     def metadata(self) -> "Dataset":
         """A copy without the images (labels and names kept): what a Split carries along."""
@@ -92,21 +95,47 @@ class Split:
     dataset: Dataset
 
 
-def load_dataset(name: str, data_dir: str | Path, download: bool = True) -> Dataset:
-    """`cifar100`, `cifar10`, `fashion_mnist` or `imagefolder:PATH` (PATH has train/ and test/)."""
+def load_dataset(name: str, data_dir: str | Path, download: bool = True, image_size: int = 32) -> Dataset:
+    """`cifar100`, `cifar10`, `fashion_mnist` or `imagefolder:PATH` (PATH has train/ and test/;
+    its images are resized to `image_size`)."""
     if name.startswith("imagefolder:"):
-        return DATASETS.get("imagefolder")(Path(name.split(":", 1)[1]))
-    return DATASETS.get(name)(Path(data_dir), download=download)
+        return DATASETS.get("imagefolder")(Path(name.split(":", 1)[1]), image_size=image_size)
+    entry = DATASETS.get(name)
+    if (Path(data_dir) / "train").is_dir() and any(p.is_dir() for p in (Path(data_dir) / "train").iterdir()):
+        raise DataNotFoundError(f"--data-dir {data_dir} looks like an ImageFolder (train/<class>/...), not the "
+                                f"official {name} files: pass --dataset imagefolder:{data_dir}")
+    return entry(Path(data_dir), download=download)
 
 
-def load_search_data(name: str, data_dir: str | Path, fake: bool = False) -> Dataset:
-    """A search's (or smoke run's) dataset: the official files in `data_dir`, or, with `fake`,
-    tiny generated data in the same format (deterministic, so a retrain regenerates the same)."""
-    if not fake:
-        return load_dataset(name, data_dir)
-    with tempfile.TemporaryDirectory(prefix="headsweep-fake-") as tmp:
-        write_all(Path(tmp))
-        return load_dataset(name, tmp, download=False)
+def load_for(config: dict, data_dir: str | Path, fake: bool = False, download: bool = True) -> Dataset:
+    """The dataset a trial config (or a space's constants) names, with its `image_size` and
+    `hierarchy_file`: the files in `data_dir`, or, with `fake`, tiny generated data in the same
+    format (deterministic, so a retrain regenerates the same)."""
+    name, size = config.get("dataset", "cifar100"), config.get("image_size", 32)
+    if fake:
+        with tempfile.TemporaryDirectory(prefix="headsweep-fake-") as tmp:
+            write_all(Path(tmp))
+            ds = load_dataset(name, tmp, download=False, image_size=size)
+    else:
+        ds = load_dataset(name, data_dir, download=download, image_size=size)
+    return with_hierarchy(ds, config["hierarchy_file"]) if config.get("hierarchy_file") else ds
+
+
+def with_hierarchy(ds: Dataset, path: str | Path) -> Dataset:
+    """The dataset with the class -> group mapping of a JSON file `{"class name": "group name", ...}`."""
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"hierarchy_file={path}: not valid JSON ({exc})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise ValueError(f"hierarchy_file={path}: expected an object {{class name: group name}}")
+    missing, unknown = [c for c in ds.classes if c not in mapping], [c for c in mapping if c not in ds.classes]
+    if missing or unknown:
+        raise ValueError(f"hierarchy_file={path} must name every class of {ds.name} once: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unknown {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+    groups = sorted(set(mapping.values()))
+    return dataclasses.replace(ds, class_to_group=np.array([groups.index(mapping[c]) for c in ds.classes]),
+                               group_names=groups)
 
 
 def official_split(name: str, data_dir: str | Path) -> bool | None:
@@ -133,6 +162,11 @@ def split_train_val(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
     idx = np.arange(len(ds.y_train))
+    n_val = int(np.ceil(len(idx) * val_fraction))
+    if n_val < ds.num_classes:
+        raise ValueError(f"val_fraction={val_fraction} of {len(idx)} training images is {n_val} images, fewer than "
+                         f"the {ds.num_classes} classes: a stratified validation split needs one per class; raise "
+                         "val_fraction or add images")
     tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=ds.y_train)
     if train_limit is not None and train_limit < len(tr):
         tr, _ = train_test_split(tr, train_size=train_limit, random_state=seed, stratify=ds.y_train[tr])
@@ -273,21 +307,11 @@ def fashion_mnist(data_dir: Path, download: bool = True) -> Dataset:
 
 
 @register_dataset
-def imagefolder(path: Path, img_size: int = 32) -> Dataset:
-    """`PATH/train/<class>/*.png` and `PATH/test/<class>/*`; images resized to img_size."""
-    from torchvision.datasets import ImageFolder
-
-    for part in ("train", "test"):
-        if not (path / part).is_dir():
-            raise DataNotFoundError(f"imagefolder:{path} needs sub-folders train/ and test/ with one folder per class")
-    train, test = ImageFolder(str(path / "train")), ImageFolder(str(path / "test"))
-    if train.classes != test.classes:
-        raise ValueError(f"imagefolder:{path}: train classes {train.classes} differ from test classes {test.classes}")
-
-    def arrays(folder):
-        imgs = [np.asarray(folder.loader(p).convert("RGB").resize((img_size, img_size))) for p, _ in folder.samples]
-        return np.stack(imgs).transpose(0, 3, 1, 2).copy(), np.asarray(folder.targets, dtype=np.int64)
-
-    x_tr, y_tr = arrays(train)
-    x_te, y_te = arrays(test)
-    return Dataset(f"imagefolder:{path}", x_tr, y_tr, x_te, y_te, list(train.classes))
+def imagefolder(path: Path, image_size: int = 32) -> Dataset:
+    """`PATH/train/<class>/*` and `PATH/test/<class>/*` (or `<group>/<class>/*`): tuning/imagefolder.py."""
+    try:
+        d = read_image_folder(path, image_size)
+    except FileNotFoundError as exc:
+        raise DataNotFoundError(str(exc)) from None
+    return Dataset(f"imagefolder:{path}", d["x_train"], d["y_train"], d["x_test"], d["y_test"], d["classes"],
+                   d["class_to_group"], d["groups"], d["augment"])

@@ -98,6 +98,14 @@ def build_model(cfg: TrainConfig, dataset) -> Classifier:
     return Classifier(backbone, head)
 
 
+def augmentation(cfg: TrainConfig, dataset) -> dict:
+    """The loader's augmentation: the config's choices, the dataset's own defaults where the config says auto."""
+    own = dataset.augment
+    return {"augment": cfg.augment, "pad": cfg.crop_pad,
+            "flip": own.get("flip", True) if cfg.flip is None else cfg.flip,
+            "pad_mode": own.get("pad_mode", "constant") if cfg.pad_mode == "auto" else cfg.pad_mode}
+
+
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of the peak lr at optimizer step `step`."""
     warmup = cfg.warmup_epochs * steps_per_epoch
@@ -124,7 +132,8 @@ def _build_run(cfg: TrainConfig, split: Split) -> _Run:
         model = model.to(memory_format=torch.channels_last)
     stats = channel_stats(split.x_train)
     train = DeviceLoader(split.x_train, split.y_train, cfg.batch_size, device, train=True, mean=stats[0],
-                         std=stats[1], augment=cfg.augment, seed=cfg.seed, channels_last=cfg.channels_last)
+                         std=stats[1], seed=cfg.seed, channels_last=cfg.channels_last,
+                         **augmentation(cfg, split.dataset))
     optimizer = make_optimizer(cfg, model)
     steps = len(train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps))

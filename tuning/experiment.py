@@ -174,8 +174,8 @@ class Experiment:
     # ------------------------------------------------------------------ data
     def load_dataset(self, data_dir: str | Path | None = None) -> data.Dataset:
         """The search's dataset, from `data_dir` (default: the one spec.json recorded)."""
-        return data.load_search_data(self.spec.get("constants", {}).get("dataset", "cifar100"),
-                                     data_dir or self.spec.get("data_dir", "data"), self.settings.get("fake_data"))
+        return data.load_for(self.spec.get("constants", {}), data_dir or self.spec.get("data_dir", "data"),
+                             self.settings.get("fake_data", False))
 
     # ------------------------------------------------------------------ trials
     def _analysis(self):

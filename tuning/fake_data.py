@@ -77,6 +77,22 @@ def write_fashion_mnist(root: Path, train_per_class: int = 20, test_per_class: i
     return out
 
 
+def write_imagefolder(root: Path, classes: int = 4, per_class: tuple[int, int] = (6, 3), size: int = 40,
+                      gray: bool = False, groups: int | None = None, seed: int = 0) -> Path:
+    """`root/{train,test}/<class>/*.png` (or `<group>/<class>/` with `groups`), learnable like the rest."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for part, per in zip(("train", "test"), per_class):
+        y = _balanced_labels(per, classes, rng)
+        images = _images(y, classes, (1 if gray else 3, size, size), rng)
+        for i, (label, img) in enumerate(zip(y, images)):
+            folder = Path(root) / part / (f"g{label % groups}/c{label}" if groups else f"c{label}")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[0] if gray else img.transpose(1, 2, 0)).save(folder / f"{i:04d}.png")
+    return Path(root)
+
+
 def write_all(root: Path, seed: int = 0) -> Path:
     write_cifar100(root, seed=seed)
     write_cifar10(root, seed=seed)

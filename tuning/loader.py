@@ -22,23 +22,38 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(sample.mean(axis=(0, 2))), tuple(sample.std(axis=(0, 2)) + 1e-6)
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop with zero padding `pad` and horizontal flip, per image, for a whole batch.
+def _fold(index: torch.Tensor, n: int, mode: str) -> torch.Tensor:
+    """Indices outside [0, n) mapped back inside: `replicate` repeats the edge, `reflect` mirrors it."""
+    if mode == "replicate":
+        return index.clamp(0, n - 1)
+    index = index.abs()  # reflect (the edge pixel once, as numpy's and torch's 'reflect')
+    return torch.where(index > n - 1, 2 * (n - 1) - index, index)
 
-    Same result as torchvision's RandomCrop(size, padding=pad) + RandomHorizontalFlip.
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None, flip: bool = True,
+                     pad_mode: str = "constant") -> torch.Tensor:
+    """Random crop with padding `pad` and (optionally) horizontal flip, per image, for a whole batch.
+
+    With zero (`constant`) padding, the same result as torchvision's RandomCrop(size, padding=pad)
+    + RandomHorizontalFlip; `reflect` / `replicate` read the padding from the image by index,
+    so the uint8 batch is never copied into a padded one.
     """
     b, c, h, w = x.shape
     dev = x.device
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad)) if pad else x
     dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
-    flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    flips = torch.rand(b, device=dev, generator=generator) < 0.5
     cols = torch.arange(w, device=dev)
-    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # flip by reading columns backwards
+    cols = torch.where(flips[:, None], w - 1 - cols, cols) if flip else cols[None, :]  # a flip reads backwards
+    cols = cols + dx[:, None]
     rows = torch.arange(h, device=dev)[None, :] + dy[:, None]
+    if pad_mode == "constant":
+        source = torch.nn.functional.pad(x, (pad, pad, pad, pad)) if pad else x
+    else:
+        source, rows, cols = x, _fold(rows - pad, h, pad_mode), _fold(cols - pad, w, pad_mode)
     bi = torch.arange(b, device=dev)[:, None, None, None]
     ci = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    return source[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 class DeviceLoader:
@@ -50,7 +65,7 @@ class DeviceLoader:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device | str,
                  train: bool, mean=_MEAN_RGB, std=_STD_RGB, pad: int = 4, augment: bool = True,
-                 seed: int = 0, channels_last: bool = True):
+                 seed: int = 0, channels_last: bool = True, flip: bool = True, pad_mode: str = "constant"):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.device = torch.device(device)
@@ -62,6 +77,7 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) / 255
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) / 255
         self.batch_size, self.train, self.pad, self.augment = batch_size, train, pad, augment
+        self.flip, self.pad_mode = flip, pad_mode
         self.channels_last = channels_last
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -77,7 +93,7 @@ class DeviceLoader:
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.train and self.augment:
-            x = random_crop_flip(x, self.pad, self.generator)
+            x = random_crop_flip(x, self.pad, self.generator, self.flip, self.pad_mode)
         x = (x.float() / 255 - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

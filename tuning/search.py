@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "comparison; joint: one study and one ASHA over all pairs, for the best model overall")
     p.add_argument("--dataset", help="cifar100, cifar10, fashion_mnist or imagefolder:PATH (default: the "
                    "space's); the number of classes and the hierarchy come from the data")
+    p.add_argument("--image-size", type=int, help="ImageFolder images are resized to this many pixels a side "
+                   "(default 32)")
+    p.add_argument("--hierarchy-file", help="JSON {class name: group name}: the hierarchical head's tree")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
     p.add_argument("--gpus-per-trial", type=float, help="fractional GPUs per trial, e.g. 0.25 = 4 per GPU "
                    "(default: the space's where GPUs exist, else 0)")
@@ -73,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_space(args: argparse.Namespace) -> Space:
     """The named space with --set and the dedicated flags applied, checked."""
     overrides = dict(parse_assignment(text) for text in args.overrides)
-    for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "dataset"):
+    for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "dataset", "image_size",
+                 "hierarchy_file"):
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
     space = search_spaces.get_space(args.space).with_overrides(overrides)
@@ -174,8 +178,7 @@ def make_spec(args: argparse.Namespace, space: Space, ds: data.Dataset) -> dict:
 
 # ----------------------------------------------------------------------------- Ray parts
 def load_dataset(space: Space, data_dir: str) -> data.Dataset:
-    return data.load_search_data(space.constants.get("dataset", "cifar100"), data_dir,
-                                 space.resolved_settings()["fake_data"])
+    return data.load_for(space.constants, data_dir, space.resolved_settings()["fake_data"])
 
 
 def split_of(space: Space, ds: data.Dataset) -> data.Split:

@@ -73,11 +73,9 @@ def run(args: argparse.Namespace) -> dict:
 
     cfg = config_from_args(args)
     started = time.perf_counter()
+    ds = data.load_for(cfg.to_flat(), args.data_dir, fake=args.smoke, download=not args.no_download)
     if args.smoke:
-        ds = data.load_search_data(cfg.dataset, args.data_dir, fake=True)
         print("smoke: tiny generated CIFAR-100-format data (not real images)")
-    else:
-        ds = data.load_dataset(cfg.dataset, args.data_dir, download=not args.no_download)
     split = data.split_train_val(ds, cfg.val_fraction, cfg.seed, cfg.train_limit)
     print(f"{ds.name}: {len(split.y_train)} train / {len(split.y_val)} val / {len(split.y_test)} test images, "
           f"{ds.num_classes} classes; {cfg.arch} + {cfg.head} head", flush=True)
@@ -89,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
                "epochs_run": len(result.history), **{k: result.last.get(k) for k in ("val_acc", "val_top5", "val_loss")},
                "test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"],
                "epoch_time_s_mean": sum(times) / len(times), "images_per_s": result.last.get("images_per_s"),
-               "wall_s": time.perf_counter() - started, "device": str(trained.device),
+               "classes": ds.classes, "wall_s": time.perf_counter() - started, "device": str(trained.device),
                "params": sum(p.numel() for p in trained.model.parameters())}
     print(json.dumps(summary, default=str))
     if args.summary_json:

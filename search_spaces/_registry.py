@@ -129,8 +129,9 @@ def define_by_run(space: Space, data: DataInfo, pair: Pair | None, trial) -> dic
     cls = heads.head_class(head)
     if cls.supports_label_smoothing:
         t.suggest_float("label_smoothing", 0.0, 0.2)
-    derived.update(cls.suggest(t, data.num_classes, data.has_hierarchy))
-    return {**space.constants, "arch": arch, "head": head, **derived}
+    head_derived = cls.suggest(t, data.num_classes, data.has_hierarchy)
+    # The more specific wins: the space over the head's defaults, the constants (--set) over both.
+    return {"arch": arch, "head": head, **head_derived, **derived, **space.constants}
 
 
 def sample_config(space: Space, data: DataInfo, pair: Pair | None, trial) -> dict:

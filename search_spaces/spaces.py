@@ -74,7 +74,8 @@ class RecipeTrial:
         return self.params[name]
 
     def suggest_categorical(self, name, choices):
-        self.params[name] = self.values[name] if self.values.get(name) in choices else choices[0]
+        value = self.values.get(name, choices[0])
+        self.params[name] = value if value in choices else choices[0]
         return self.params[name]
 
 
@@ -157,3 +158,18 @@ def smoke() -> Space:
                  settings={"num_samples": 12, "max_concurrent": 2, "grace_period": 1, "reduction_factor": 2,
                            "gpus_per_trial": 0.0, "fake_data": True},
                  description="tiny CNN on generated data, every head; ~1 minute on 2 CPUs")
+
+
+def _own_data(trial, arch, head):
+    """Also the augmentation: a set of your own may not want flips or zero padding (None/auto: its own default)."""
+    trial.suggest_categorical("flip", [None, True, False])
+    trial.suggest_categorical("pad_mode", ["auto", "constant", "replicate", "reflect"])
+    return suggest_training(trial, arch, head)
+
+
+@register_space
+def own_heads() -> Space:
+    return Space("own_heads", _own_data, ("cnn_bn4",), constants={**CIFAR100, "epochs": 20},
+                 settings={"num_samples": 25, "grace_period": 2},
+                 description="cnn_bn4 x every head on your own data (--dataset imagefolder:PATH), searching "
+                             "flip and the crop padding too")

@@ -235,3 +235,9 @@ def test_a_grayscale_search_trains_every_head(tmp_path):
         "official_split": None}  # generated data has no official split
     assert exp.spec["dataset"]["classes"][:2] == ["t-shirt/top", "trouser"]
     assert set(trials["head"]) == set(heads.list_heads()) and set(trials["status"]) <= {"completed", "pruned"}
+
+
+def test_a_set_value_wins_over_what_a_head_derives(capsys, tmp_path):
+    studies = _dry_run(capsys, tmp_path, "--set", "head=adaptive", "--set", "head_cutoffs=[10,50]", "--dry-run", "3",
+                       "--set", "fake_data=True")
+    assert [c["head_cutoffs"] for configs in studies.values() for c in configs] == [[10, 50]] * 3

@@ -105,9 +105,11 @@ def test_train_cli_on_own_data_reports_class_names(tmp_path, capsys):
     (tmp_path / "chars" / "headsweep.json").write_text(json.dumps({"flip": False}))
     assert train.main(["--dataset", f"imagefolder:{tmp_path / 'chars'}", "--image-size", "16", "--arch", "cnn",
                        "--model-opt", "widths=[8]", "--model-opt", "fc_widths=[16]", "--epochs", "1",
-                       "--batch-size", "8", "--val-fraction", "0.3", "--no-download"]) == 0
+                       "--batch-size", "8", "--val-fraction", "0.3", "--flip", "false", "--pad-mode", "replicate",
+                       "--no-download"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["classes"] == ["c0", "c1", "c2"] and summary["config"]["image_size"] == 16
+    assert summary["config"]["flip"] is False and summary["config"]["pad_mode"] == "replicate"
 
 
 def test_a_validation_split_too_small_for_the_classes_says_so(tmp_path):

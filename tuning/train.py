@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 
 from common.cli import guard
@@ -31,13 +32,12 @@ def _bool(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuning.train", description=__doc__, formatter_class=HelpFormatter)
-    helps = field_help()
+    helps, hints = field_help(), typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("model_kwargs", "head_kwargs"):
             continue
-        kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
-        if f.name == "train_limit":
-            kind = int
+        base = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]  # X | None -> X
+        kind = {bool: _bool, int: int, float: float}.get(base[0], str)
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
                        help=helps.get(f.name, ""))
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",

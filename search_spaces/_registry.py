@@ -35,6 +35,10 @@ class DataInfo:
     num_classes: int = 100
     has_hierarchy: bool = True
 
+    @classmethod
+    def of(cls, dataset) -> "DataInfo":
+        return cls(dataset.num_classes, dataset.class_to_group is not None)
+
 
 @dataclass(frozen=True)
 class Space:

@@ -86,6 +86,8 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
     assert len(trials) == 10 and set(trials.status) <= {"completed", "diverged"}, trials[["trial_id", "status"]]
     after = _results(exp)
     assert {k: len(after[k]) for k in before} == before  # finished trials were not run again
+    # The resume rebuilt no searcher: no recipe was enqueued again into the existing studies.
+    assert not [t for t in _optuna_trials(exp) if t.state.name == "WAITING"]
 
 
 def _faulty(trial, arch, head):

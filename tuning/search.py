@@ -210,21 +210,29 @@ def make_searcher(space: Space, exp: Experiment, info: DataInfo, seed: int, budg
     return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
 
 
-def make_tuner(space: Space, split, exp: Experiment, gpus: float, seed: int, budget: str):
+def make_trainable(space: Space, split: data.Split, gpus: float):
+    from ray import tune
+
+    from tuning.trainable import train_trial
+
+    s = space.resolved_settings()
+    return tune.with_resources(tune.with_parameters(train_trial, split=split),
+                               {"cpu": s["cpus_per_trial"], "gpu": gpus})
+
+
+def make_tuner(space: Space, trainable, exp: Experiment, info: DataInfo, seed: int, budget: str):
+    """A new search. (A resumed one is Tuner.restore: building searchers here would enqueue the
+    recipes into the existing studies again.)"""
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     from tuning.pairs import PerPairASHA
-    from tuning.trainable import train_trial
 
     s = space.resolved_settings()
-    trainable = tune.with_resources(tune.with_parameters(train_trial, split=split),
-                                    {"cpu": s["cpus_per_trial"], "gpu": gpus})
     asha = functools.partial(ASHAScheduler, time_attr="training_iteration", max_t=space.max_epochs,
                              grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
     scheduler = PerPairASHA(asha) if budget == "pairs" else asha()
-    info = DataInfo(split.dataset.num_classes, split.dataset.class_to_group is not None)
     run_config = tune.RunConfig(
         name=exp.name, storage_path=exp.storage, callbacks=[TBXLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -232,14 +240,14 @@ def make_tuner(space: Space, split, exp: Experiment, gpus: float, seed: int, bud
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, exp, info, seed, budget), scheduler=scheduler,
                                   num_samples=s["num_samples"], metric=s["metric"], mode=s["mode"],
                                   reuse_actors=True)  # a new trial skips the worker's torch import
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), trainable
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
 def run_search(args: argparse.Namespace) -> int:
     space = resolve_space(args)
     exp = Experiment.at(args.storage, args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     ds = load_dataset(space, args.data_dir)  # the classes, hierarchy and image size come from the data
-    info = DataInfo(ds.num_classes, ds.class_to_group is not None)
+    info = DataInfo.of(ds)
     labels = study_labels(space, args.budget)
     spec = exp.new_spec(make_spec(args, space, ds), labels)
     if args.dry_run is not None:
@@ -284,9 +292,12 @@ def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int
             print(f"Ray dashboard: http://{context.dashboard_url}")
         print(f"experiment: {exp.uri}\noptuna-dashboard {exp.journal}\n"
               f"tensorboard --logdir {exp.uri}", flush=True)
-        tuner, trainable = make_tuner(space, split, exp, gpus, args.seed, exp.spec.get("budget", args.budget))
+        trainable = make_trainable(space, split, gpus)
         if args.resume and tune.Tuner.can_restore(exp.uri):
             tuner = tune.Tuner.restore(exp.uri, trainable=trainable, resume_errored=True)
+        else:
+            tuner = make_tuner(space, trainable, exp, DataInfo.of(split.dataset), args.seed,
+                               exp.spec.get("budget", args.budget))
         tuner.fit()
         exp.sync_journal()
         return summarize(exp)

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--data-dir", default="data")
+    p.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized to this (pixels)")
     p.add_argument("--arch", default="cnn_base")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=50, help="timed steps per loader")
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.steps < 1:
         p.error(f"--batch-size ({args.batch_size}) and --steps ({args.steps}) must be >= 1")
     device = resolve_device(args.device)
-    ds = data.load_dataset(args.dataset, args.data_dir, download=False)
+    ds = data.load_dataset(args.dataset, args.data_dir, download=False, image_size=args.image_size)
     stats = channel_stats(ds.x_train)
     results = {}
     for name, make in (

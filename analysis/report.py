@@ -24,7 +24,7 @@ import torch
 from matplotlib.ticker import MaxNLocator  # no backend chosen by this import
 
 import heads
-from analysis.compare import at_chance, data_caveat, finished, versus_softmax
+from analysis.compare import at_chance, data_caveat, finished, paired_difference, versus_softmax
 from common.cli import guard
 from common.status import ERROR, FINISHED, PRUNED
 from tuning.experiment import Experiment
@@ -234,15 +234,19 @@ def observations(final: pd.DataFrame | None, trials: pd.DataFrame, max_epochs: i
     notes.append(f"Best on the test set: {arch} + {head}, accuracy {top['mean']:.4f}"
                  + (f" +- {top['std']:.4f} over {seeds} seeds." if seeds > 1 else " (one seed)."))
     if len(stats) > 1:
-        second, gap = stats.index[1], top["mean"] - stats.iloc[1]["mean"]
-        if min(seeds, int(stats.iloc[1]["count"])) < 2:
-            notes.append(f"Its lead over {second[0]} + {second[1]} is {gap:.4f}; with one seed there is no spread "
-                         "to judge it against, so no claim is made about whether it is real.")
+        second = stats.index[1]
+
+        def by_seed(pair):
+            return ok[(ok["arch"] == pair[0]) & (ok["head"] == pair[1])].set_index("seed")["accuracy"]
+
+        lead = paired_difference(by_seed((arch, head)), by_seed(second))
+        if lead["seeds"] < 2:
+            notes.append(f"Its lead over {second[0]} + {second[1]} is {lead['diff']:.4f}; with one seed there is no "
+                         "spread to judge it against, so no claim is made about whether it is real.")
         else:
-            noise = max(top["std"], stats.iloc[1]["std"])
-            verdict = "larger than" if gap > noise else "within"
-            notes.append(f"Its lead over {second[0]} + {second[1]} is {gap:.4f}, {verdict} the seed-to-seed "
-                         f"standard deviation ({noise:.4f}).")
+            real = "a real lead" if lead["ci_low"] > 0 else "within the seed spread"
+            notes.append(f"Its lead over {second[0]} + {second[1]} is {lead['diff']:.4f}, 95% CI "
+                         f"[{lead['ci_low']:+.4f}, {lead['ci_high']:+.4f}] paired over {lead['seeds']} seeds: {real}.")
     vs = versus_softmax(final)
     for _, r in vs[vs["head"] != "softmax"].iterrows() if len(vs) else []:
         ci = f", 95% CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if np.isfinite(r.ci_low) else ""

@@ -61,3 +61,11 @@ def test_the_caveat_fits_the_data(spec, expected):
 
 def test_an_unrecorded_split_is_checked_against_the_official_md5(real_dir):
     assert "not the official" in data_caveat({"constants": {"dataset": "cifar100"}, "data_dir": str(real_dir)})
+
+
+def test_the_lead_is_judged_by_the_same_paired_test():
+    trials = pd.DataFrame({"status": ["completed"], "epochs_run": [4]})
+    clear = report.observations(_final({"softmax": [0.30, 0.31, 0.32], "gumbel": [0.20, 0.21, 0.215]}), trials, 4, None)
+    assert any("Its lead over cnn + gumbel is 0.1017, 95% CI [" in n and n.endswith(": a real lead.") for n in clear)
+    close = report.observations(_final({"softmax": [0.30, 0.33, 0.31], "gumbel": [0.31, 0.30, 0.32]}), trials, 4, None)
+    assert any("Its lead over cnn + gumbel" in n and n.endswith(": within the seed spread.") for n in close)

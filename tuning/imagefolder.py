@@ -79,8 +79,10 @@ def decode_all(samples: list[tuple[Path, int]], size: int, what: str) -> np.ndar
         for i, img in enumerate(pool.map(lambda s: _decode(s[0], size), samples)):
             out[i] = img
             if (i + 1) % step == 0 or i + 1 == len(samples):
-                print(f"\r{what}: decoded {i + 1}/{len(samples)} images ({time.perf_counter() - start:.1f} s)",
-                      end="" if i + 1 < len(samples) else "\n", file=sys.stderr, flush=True)
+                tty, last = sys.stderr.isatty(), i + 1 == len(samples)  # a log gets whole lines
+                print(f"{chr(13) if tty else ''}{what}: decoded {i + 1}/{len(samples)} images "
+                      f"({time.perf_counter() - start:.1f} s)", end="\n" if last or not tty else "",
+                      file=sys.stderr, flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
     np.savez(tmp, images=out)

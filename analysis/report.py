@@ -11,7 +11,6 @@ it the report says so and shows the search alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -1,8 +1,6 @@
 """Per-pair budgets: equal trials per (arch, head), one study per pair, ASHA within each pair,
 a search the user can steer, and data-driven head options."""
-import functools
 import json
-from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -69,7 +67,6 @@ def test_paired_search_gives_every_pair_an_equal_share_and_routes_results():
     searcher = PairedSearch(subs, "val_acc", "max")
     for n in range(1, 12):
         searcher.suggest(f"t{n}")
-        counts = Counter(searcher.counts.values())
         assert max(searcher.counts.values()) - min(searcher.counts.values()) <= 1, (n, searcher.counts)
     assert searcher.counts == {("cnn", "softmax"): 4, ("cnn", "sampled"): 4, ("cnn", "gumbel"): 3}
     searcher.on_trial_complete("t2", {"val_acc": 0.1})

@@ -5,8 +5,8 @@ on its backbone (paired over seeds), accuracy against epoch time with the Pareto
 learning curves of the best trials, trials surviving each ASHA rung, confusion matrices
 (fine and coarse, with class names), parameter importance (Optuna, where a study has enough
 trials), the heads' cost (measured and from complexity()), observations computed from the
-numbers, and provenance with the caveat that fits the data. Test-set numbers come from `analysis.retrain` (final.parquet); without
-it the report says so and shows the search alone.
+numbers, and provenance with the caveat that fits the data. Test-set numbers come from
+`analysis.retrain` (final.parquet); without it the report says so and shows the search alone.
 """
 from __future__ import annotations
 

@@ -78,7 +78,8 @@ def cnn_base(in_chans: int = 3, img_size: int = 32, batch_norm: bool = False, ac
 
 
 @register_model
-def cnn_bn4(in_chans: int = 3, img_size: int = 32, act: str = "relu", pool: str = "max", dropout: float = 0.0) -> ConvNet:
+def cnn_bn4(in_chans: int = 3, img_size: int = 32, act: str = "relu", pool: str = "max",
+            dropout: float = 0.0) -> ConvNet:
     """4 conv blocks with BatchNorm, 2 hidden FC."""
     return _create_cnn(in_chans, img_size, dict(widths=(32, 64, 128, 256), batch_norm=True, fc_widths=(512, 256)),
                        dict(act=act, pool=pool, dropout=dropout))

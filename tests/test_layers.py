@@ -212,7 +212,8 @@ def test_a_function_level_import_must_defer_something_heavy(tmp_path):
     modules = _graph(tmp_path, {"common/__init__.py": "", "common/light.py": "import json\n",
                                 "common/heavy.py": "import torch\n",
                                 "tuning/__init__.py": "",
-                                "tuning/a.py": "def f():\n    from common import light\n    from common import heavy\n"})
+                                "tuning/a.py": "def f():\n    from common import light\n"
+                                               "    from common import heavy\n"})
     found = violations(modules, module_edges(modules))
     assert found == ["function-level import defers nothing heavy: tuning.a imports common.light inside a "
                      "function, line 2 (move it to the top of the file)"]

@@ -93,7 +93,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not has_type(value, hints[f.name]):
-                raise ValueError(f"config key {f.name!r}={value!r} has the wrong type: must be {type_name(hints[f.name])}")
+                raise ValueError(f"config key {f.name!r}={value!r} has the wrong type: must be "
+                                 f"{type_name(hints[f.name])}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS.list()}")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
         _check(self.pad_mode in PAD_MODES, "pad_mode", self.pad_mode, f"one of {PAD_MODES}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from common.registry import Registry
+from tuning.config import TrainConfig
 from tuning.imagefolder import read as read_image_folder
 from tuning.fake_data import write_all
 
@@ -111,7 +112,8 @@ def load_for(config: dict, data_dir: str | Path, fake: bool = False, download: b
     """The dataset a trial config (or a space's constants) names, with its `image_size` and
     `hierarchy_file`: the files in `data_dir`, or, with `fake`, tiny generated data in the same
     format (deterministic, so a retrain regenerates the same)."""
-    name, size = config.get("dataset", "cifar100"), config.get("image_size", 32)
+    defaults = TrainConfig()
+    name, size = config.get("dataset", defaults.dataset), config.get("image_size", defaults.image_size)
     if fake:
         with tempfile.TemporaryDirectory(prefix="headsweep-fake-") as tmp:
             write_all(Path(tmp))
@@ -131,8 +133,11 @@ def with_hierarchy(ds: Dataset, path: str | Path) -> Dataset:
         raise ValueError(f"hierarchy_file={path}: expected an object {{class name: group name}}")
     missing, unknown = [c for c in ds.classes if c not in mapping], [c for c in mapping if c not in ds.classes]
     if missing or unknown:
-        raise ValueError(f"hierarchy_file={path} must name every class of {ds.name} once: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unknown {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+        def few(names):
+            return f"{names[:5]}{'...' if len(names) > 5 else ''}"
+
+        raise ValueError(f"hierarchy_file={path} must name every class of {ds.name} once: missing {few(missing)}, "
+                         f"unknown {few(unknown)}")
     groups = sorted(set(mapping.values()))
     return dataclasses.replace(ds, class_to_group=np.array([groups.index(mapping[c]) for c in ds.classes]),
                                group_names=groups)

@@ -178,7 +178,10 @@ class Experiment:
                              self.settings.get("fake_data", False))
 
     # ------------------------------------------------------------------ trials
+    @cached_property
     def _analysis(self):
+        """Ray Tune's reading of every trial's results, once per Experiment object (the report asks
+        for trials and history; a new object reads anew, e.g. after a search has run)."""
         from ray.tune import ExperimentAnalysis
 
         return ExperimentAnalysis(self.uri)
@@ -188,7 +191,7 @@ class Experiment:
         epoch's validation metrics (by the search's metric), the last epoch's, time."""
         import pandas as pd
 
-        analysis = self._analysis()
+        analysis = self._analysis
         frames = analysis.trial_dataframes
         rows = [self._trial_row(t, frames.get(t.trial_id)) for t in analysis.trials]
         return pd.DataFrame(rows).sort_values("trial_id", ignore_index=True) if rows else pd.DataFrame()
@@ -223,7 +226,7 @@ class Experiment:
         """One row per trial-epoch: trial_id, arch, head and the metrics reported that epoch."""
         import pandas as pd
 
-        analysis = self._analysis()
+        analysis = self._analysis
         parts = []
         for trial in analysis.trials:
             frame = analysis.trial_dataframes.get(trial.trial_id)

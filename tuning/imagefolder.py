@@ -131,5 +131,6 @@ def read(root: Path, image_size: int) -> dict:
         return x[..., chans].transpose(0, 3, 1, 2).copy()
 
     return {"x_train": nchw(x_tr), "y_train": np.array([s[1] for s in train], np.int64),
-            "x_test": nchw(x_te), "y_test": np.array([s[1] for s in test], np.int64), "classes": classes, "groups": groups, "class_to_group": None if c2g is None else np.array(c2g),
+            "x_test": nchw(x_te), "y_test": np.array([s[1] for s in test], np.int64), "classes": classes,
+            "groups": groups, "class_to_group": None if c2g is None else np.array(c2g),
             "augment": declared_defaults(root)}

@@ -80,6 +80,16 @@ def versus_softmax(final: pd.DataFrame, trials: pd.DataFrame | None = None) -> p
     return pd.DataFrame(rows)
 
 
+def adaptive_caveat(spec: dict, heads_used) -> str | None:
+    """Adaptive softmax puts its most frequent classes in the cheap head cluster; with equal class
+    counts (CIFAR-100) there is no such order, and which classes land there is arbitrary."""
+    if "adaptive" in set(heads_used) and spec.get("dataset", {}).get("class_counts_tie"):
+        return ("adaptive: every class has the same number of training images, so its frequency ranking is the "
+                "class-id order and which classes share its full-rank head cluster is arbitrary; its saving "
+                "comes from the low-rank tail clusters alone.")
+    return None
+
+
 def data_caveat(spec: dict) -> str:
     """The caveat that fits the dataset the experiment used."""
     info, name = spec.get("dataset", {}), spec.get("constants", {}).get("dataset", "?")

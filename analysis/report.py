@@ -23,7 +23,7 @@ import torch
 from matplotlib.ticker import MaxNLocator  # no backend chosen by this import
 
 import heads
-from analysis.compare import at_chance, data_caveat, finished, paired_difference, versus_softmax
+from analysis.compare import adaptive_caveat, at_chance, data_caveat, finished, paired_difference, versus_softmax
 from common.cli import guard
 from common.status import ERROR, FINISHED, PRUNED
 from tuning.experiment import Experiment
@@ -287,6 +287,9 @@ def build_report(path: str | Path) -> Path:
     settings = exp.settings
     max_epochs = int(spec.get("max_epochs", trials.get("epochs", pd.Series([1])).max()))  # no spec: trials say
     md = [f"# headsweep report: {exp.name}", "", f"Data: {data_caveat(spec)}", ""]
+    caveat = adaptive_caveat(spec, trials["head"] if "head" in trials else [])
+    if caveat:
+        md += [f"Head note: {caveat}", ""]
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     md += [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]
     md += budget_section(spec, trials)

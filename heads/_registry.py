@@ -23,7 +23,8 @@ def create_head(name: str, in_features: int, num_classes: int, hierarchy: Sequen
 
 
 def head_complexity(name: str, in_features: int, num_classes: int, hierarchy: Sequence | None = None,
-                    **options) -> dict:
-    """Multiply-adds per example of head `name` without building it (see Head.complexity)."""
+                    batch: int = 256, states: int = 1, **options) -> dict:
+    """Multiply-adds per example and bytes per batch of head `name` without building it (Head.complexity)."""
     HEADS.check(name, options)
-    return HEADS.get(name).complexity(in_features, num_classes, hierarchy=hierarchy, **options)
+    return HEADS.get(name).complexity(in_features, num_classes, hierarchy=hierarchy, batch=batch, states=states,
+                                      **options)

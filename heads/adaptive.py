@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from heads._registry import register_head
-from heads.base import Head, madds
+from heads.base import F32, Head, madds, update_bytes
 
 
 def default_cutoffs(num_classes: int) -> list[int]:
@@ -107,7 +107,7 @@ class AdaptiveHead(Head):
             return self.order[self.asm.predict(x)]
 
     @classmethod
-    def complexity(cls, in_features, num_classes, cutoffs=None, div_value=4.0, **hp):
+    def complexity(cls, in_features, num_classes, cutoffs=None, div_value=4.0, batch=256, states=1, **hp):
         d = in_features
         cut = check_cutoffs(default_cutoffs(num_classes) if cutoffs is None else cutoffs, num_classes) + [num_classes]
         head = d * (cut[0] + len(cut) - 1)
@@ -116,6 +116,11 @@ class AdaptiveHead(Head):
             hidden, size = int(d // div_value ** (i + 1)), cut[i + 1] - cut[i]
             tails.append((size / num_classes, d * hidden + hidden * size))
         expected = head + sum(share * cost for share, cost in tails)
-        return madds(expected, head + sum(cost for _, cost in tails), expected,
+        full = head + sum(cost for _, cost in tails)  # = the number of weights: every one is updated each step
+        act = batch * (cut[0] + len(cut) - 1 + sum(share * (cut[i + 1] - cut[i]) for i, (share, _) in
+                                                   enumerate(tails))) * F32
+        return madds(expected, full, expected,
                      f"head d*(c0+n)={head}, tail i d*h_i + h_i*|C_i| with h_i=d/div^(i+1); "
-                     "training and predict: expected over uniform targets")
+                     "training and predict: expected over uniform targets",
+                     train_bytes=3 * full * F32 + 4 * act + update_bytes(full, states),
+                     log_prob_bytes=(full + 2 * batch * num_classes) * F32, predict_bytes=expected * F32 + act)

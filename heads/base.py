@@ -3,10 +3,14 @@
 - `loss(features, target)`: scalar training loss (may touch only part of the classes);
 - `log_prob(features)`: the full normalised (B, C) log-distribution, for metrics;
 - `predict(features)`: (B,) class ids, possibly cheaper than the full distribution;
-- `complexity(in_features, num_classes, **hp)`: forward multiply-adds per example for
-  the training loss, the full log_prob and predict, with the formula as text.
-  Backward costs about twice the forward for every dense layer, so ratios between
-  heads hold for a whole training step too.
+- `complexity(in_features, num_classes, batch=256, states=1, **hp)`: forward multiply-adds
+  per example for the training loss, the full log_prob and predict, with the formula as
+  text; and the bytes each moves per batch (`*_bytes`, fp32): weights read, gradients
+  written, activations, and for training the optimizer update with `states` state tensors
+  per weight (1: SGD momentum; 2: Adam). Multiply-adds alone miss where a large output layer
+  spends its time (memory traffic), so `heads.bench` predicts from both.
+- `sparse_parameters()`: the parameters whose gradients hold only the rows a step touched;
+  the engine gives them the lazy row-wise optimizer of `heads.sparse`;
 - `cost_note`: one line for the report on what the head costs and why;
 - `suggest(trial, num_classes, has_hierarchy)`: the search ranges of the head's options,
   define-by-run (Optuna's `trial.suggest_*`, flat `head_<option>` names); returns keys
@@ -73,10 +77,33 @@ class Head(nn.Module):
     def hparams(self) -> dict:
         return {}
 
+    def sparse_parameters(self) -> list:
+        """Parameters whose gradient is row-sparse (`heads.sparse`); the engine updates them lazily."""
+        return []
 
-def madds(train: float, log_prob: float, predict: float, formula: str) -> dict:
+
+F32 = 4  # bytes per value
+
+
+def madds(train: float, log_prob: float, predict: float, formula: str, train_bytes: float = 0.0,
+          log_prob_bytes: float = 0.0, predict_bytes: float = 0.0) -> dict:
     return {"train_madds": float(train), "log_prob_madds": float(log_prob), "predict_madds": float(predict),
-            "formula": formula}
+            "formula": formula, "train_bytes": float(train_bytes), "log_prob_bytes": float(log_prob_bytes),
+            "predict_bytes": float(predict_bytes)}
+
+
+def update_bytes(values: float, states: int, lazy: bool = False) -> float:
+    """An optimizer step over `values` weights: read weight, gradient and each state, write weight
+    and each state. The lazy row update gathers those rows into copies and scatters them back: twice."""
+    return (3 + 2 * states) * values * F32 * (2 if lazy else 1)
+
+
+def dense_layer_bytes(batch: int, d: int, c: int, states: int, passes: int = 4) -> dict:
+    """A d x C layer with all C logits: weights read forward and backward, dense gradient written,
+    `passes` passes over the (B, C) logits in training (logits, softmax, its gradient)."""
+    w, act = c * d * F32, batch * c * F32
+    return {"train_bytes": 3 * w + passes * act + update_bytes(c * d, states),
+            "log_prob_bytes": w + 2 * act, "predict_bytes": w + act}
 
 
 def smoothed_nll(log_p: torch.Tensor, target: torch.Tensor, eps: float, valid: torch.Tensor | None = None):

@@ -1,49 +1,123 @@
-"""Cost of every head against the number of classes, side by side in one run.
+"""Cost of every head against the number of classes: the whole training step, side by side in one run.
 
-    python -m heads.bench --classes 100,1000,10000,100000 --dim 512 --batch 256 [--device cuda]
+    OMP_WAIT_POLICY=PASSIVE python -m heads.bench --classes 1000,10000,100000,1000000 [--device cuda]
 
-For each C and head: time of a training step of the head alone (loss forward + backward),
-of the full log_prob, and of predict; the speed-up over softmax for each; and next to it
-the speed-up that `complexity()` predicts from multiply-adds. Writes a CSV and a log-log
-plot (time vs C) into --out. Hierarchical uses the balanced sqrt(C) tree; adaptive its
-default cutoffs (20% / 60% of C); sampled k = --num-sampled.
+For each C, the heads take turns (A B C A B C ...; `--repeats` rounds): each turn builds the
+head with its optimizer (SGD, momentum 0.9, Nesterov, weight decay 5e-4: the engine's default,
+lazy row updates for row-sparse heads) and times
+- train: the head's whole training step (loss forward + backward + optimizer update),
+- log_prob: the full (B, C) distribution, and
+- predict.
+It prints medians and the spread (min-max over rounds), the speed-up over softmax, and two
+predictions of it from `complexity()`: by multiply-adds alone, and by a roofline that adds the
+bytes each step moves at this machine's measured memory bandwidth. The rest of a head's time,
+measured minus roofline, is overhead the model does not count (per-group kernels, sorting
+the sparse gradient, Gumbel noise); the "where the gap comes from" lines say which. A head
+whose memory would not fit is skipped with a message. On CPU the benchmark re-runs itself with
+OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads distort short steps) and prints the thread
+settings. Writes heads_bench.csv and heads_bench.png into --out.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
-from torch.utils import benchmark
 
 import heads
 from common.cli import guard
+from heads.sparse import build_optimizer
 
 OPS = ("train", "log_prob", "predict")
+SGD = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)  # the engine's default optimizer
+GAP_NOTES = {  # what the roofline does not count, by head
+    "softmax": "the (B, C) logits and their softmax passes beyond the byte model's four",
+    "gumbel": "C Gumbel draws per example (rand, two logs) on top of softmax",
+    "sampled": "sorting (coalescing) the row gradient, gathers/scatters of rows, the Python of a small step",
+    "hierarchical": "one small matmul per group present (a Python loop of up to B groups), the batch sort",
+    "adaptive": "PyTorch's per-cluster loop, its index_copy_ of targets, and the full update of every weight",
+}
 
 
-def head_options(name: str, num_classes: int, num_sampled: int) -> dict:
-    """Only sampled needs one (k < C); the others run on their defaults."""
-    return {"num_sampled": min(num_sampled, num_classes - 1)} if name == "sampled" else {}
+def head_options(name: str, num_classes: int, num_sampled: int, dense: bool) -> dict:
+    hp = {"num_sampled": min(num_sampled, num_classes - 1)} if name == "sampled" else {}
+    return {**hp, "dense": True} if dense else hp
 
 
-def _time(fn, min_run_time: float) -> float:
-    """Median seconds per call; torch.utils.benchmark warms up and syncs CUDA."""
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+def variants(names: list[str], with_dense: bool) -> list[tuple[str, bool]]:
+    """(head, dense) pairs; the row-sparse heads also dense when asked (today's update, for comparison)."""
+    out = [(n, False) for n in names]
+    if with_dense:
+        out += [(n, True) for n in names if "dense" in heads.HEADS.options(n)]
+    return out
 
 
-def measure(name: str, num_classes: int, dim: int, batch: int, device: str, num_sampled: int,
-            min_run_time: float) -> dict:
+def label(name: str, dense: bool) -> str:
+    return f"{name}[dense]" if dense else name
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _seconds(fn, device: str, min_time: float) -> float:
+    """Mean seconds per call over at least `min_time` (and 1 call)."""
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
+def machine_rates(device: str) -> dict:
+    """Measured peak-ish fp32 matmul rate (multiply-adds/s) and memory bandwidth (bytes/s, read + write)."""
+    a = torch.randn(2048, 2048, device=device)
+    big = torch.empty(64 * 2 ** 20, device=device)  # 256 MB, beyond any cache
+    out = torch.empty_like(big)
+    mm = min(_seconds(lambda: a @ a, device, 0.2) for _ in range(3))
+    copy = min(_seconds(lambda: out.copy_(big), device, 0.2) for _ in range(3))
+    return {"madds_per_s": 2048 ** 3 / mm, "bytes_per_s": 2 * big.numel() * 4 / copy}
+
+
+def memory_needed(name: str, num_classes: int, dim: int, batch: int, dense: bool) -> float:
+    """Bytes a turn holds at once: weights, gradient, momentum, and a few (B, C) activations."""
+    weights = num_classes * dim * 4
+    rows_sparse = name in ("sampled", "hierarchical") and not dense
+    grad = weights * (0.3 if rows_sparse else 1)
+    return 3 * weights + grad + 6 * batch * num_classes * 4
+
+
+def memory_available(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def one_turn(name: str, dense: bool, num_classes: int, dim: int, batch: int, device: str, num_sampled: int,
+             min_time: float) -> dict:
+    """Build the head and its optimizer, warm up, and time train, log_prob and predict (seconds per call)."""
     torch.manual_seed(0)
-    hp = head_options(name, num_classes, num_sampled)
-    head = heads.create_head(name, dim, num_classes, **hp).to(device)
+    head = heads.create_head(name, dim, num_classes, **head_options(name, num_classes, num_sampled, dense)).to(device)
+    opt = build_optimizer(head, lambda groups: torch.optim.SGD(groups, **SGD, fused=device != "mps"), "sgd", **SGD)
     x = torch.randn(batch, dim, device=device, requires_grad=True)
     y = torch.randint(0, num_classes, (batch,), device=device)
 
     def train_step():
-        head.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         head.loss(x, y).backward()
+        opt.step()
 
     def no_grad(fn):
         def call():
@@ -52,22 +126,75 @@ def measure(name: str, num_classes: int, dim: int, batch: int, device: str, num_
         return call
 
     head.train()
-    seconds = {"train": _time(train_step, min_run_time)}
+    train_step()  # warm-up: allocates the optimizer state
+    seconds = {"train": _seconds(train_step, device, min_time)}
     head.eval()
-    seconds["log_prob"] = _time(no_grad(head.log_prob), min_run_time)
-    seconds["predict"] = _time(no_grad(head.predict), min_run_time)
-    cost = heads.head_complexity(name, dim, num_classes, **hp)
-    return {"head": name, "classes": num_classes, **{f"{op}_ms": 1e3 * s for op, s in seconds.items()},
-            **{f"{op}_madds": cost[f"{op}_madds"] for op in OPS}, "formula": cost["formula"]}
+    for op in ("log_prob", "predict"):
+        no_grad(getattr(head, op))()
+        seconds[op] = _seconds(no_grad(getattr(head, op)), device, min_time)
+    return seconds
 
 
-def add_speedups(df):
-    """Speed-up over softmax at the same C, measured and predicted by complexity()."""
+def measure(classes: list[int], names: list[str], args) -> list[dict]:
+    """Every variant at every C, interleaved over `args.repeats` rounds; one row per (C, variant)."""
+    rows = []
+    for c in classes:
+        todo = []
+        for name, dense in variants(names, args.with_dense):
+            need, have = memory_needed(name, c, args.dim, args.batch, dense), memory_available(args.device)
+            if need > 0.8 * have:
+                print(f"C={c:>8d} {label(name, dense):20s} skipped: needs about {need / 2**30:.1f} GiB, "
+                      f"{have / 2**30:.1f} GiB free", flush=True)
+            else:
+                todo.append((name, dense))
+        times = {v: {op: [] for op in OPS} for v in todo}
+        for round_ in range(args.repeats):
+            for name, dense in todo:
+                for op, s in one_turn(name, dense, c, args.dim, args.batch, args.device, args.num_sampled,
+                                      args.min_time).items():
+                    times[(name, dense)][op].append(s)
+                gc.collect()
+            print(f"C={c:>8d} round {round_ + 1}/{args.repeats} done", flush=True)
+        for (name, dense), t in times.items():
+            cost = heads.head_complexity(name, args.dim, c, batch=args.batch, states=1,
+                                         **head_options(name, c, args.num_sampled, dense))
+            row = {"classes": c, "head": label(name, dense), "family": name}
+            for op in OPS:
+                row.update({f"{op}_ms": 1e3 * statistics.median(t[op]), f"{op}_ms_min": 1e3 * min(t[op]),
+                            f"{op}_ms_max": 1e3 * max(t[op]), f"{op}_madds": cost[f"{op}_madds"],
+                            f"{op}_bytes": cost[f"{op}_bytes"]})
+            rows.append(row)
+            print(f"C={c:>8d} {row['head']:20s} " + "  ".join(f"{op} {row[f'{op}_ms']:10.3f} ms" for op in OPS),
+                  flush=True)
+    return rows
+
+
+def add_predictions(df, rates: dict, batch: int):
+    """Speed-up over softmax at the same C: measured, by multiply-adds, and by the roofline."""
+    for op in OPS:
+        passes = 3 if op == "train" else 1  # backward: two more matmuls of the forward's size
+        compute = df[f"{op}_madds"] * batch * passes / rates["madds_per_s"]
+        memory = df[f"{op}_bytes"] / rates["bytes_per_s"]
+        df[f"{op}_roofline_ms"] = 1e3 * (compute + memory)
+        df[f"{op}_memory_share"] = memory / (compute + memory)
     base = df[df["head"] == "softmax"].set_index("classes")
     for op in OPS:
         df[f"{op}_speedup"] = df.classes.map(base[f"{op}_ms"]) / df[f"{op}_ms"]
-        df[f"{op}_speedup_predicted"] = df.classes.map(base[f"{op}_madds"]) / df[f"{op}_madds"]
+        df[f"{op}_speedup_madds"] = df.classes.map(base[f"{op}_madds"]) / df[f"{op}_madds"]
+        df[f"{op}_speedup_roofline"] = df.classes.map(base[f"{op}_roofline_ms"]) / df[f"{op}_roofline_ms"]
     return df
+
+
+def gap_lines(df) -> list[str]:
+    """Per head and C, where the training step's time goes against the roofline."""
+    lines = []
+    for _, r in df.iterrows():
+        over = r.train_ms - r.train_roofline_ms
+        share = max(0.0, over) / r.train_ms
+        lines.append(f"C={r.classes:>8d} {r['head']:20s} train {r.train_ms:9.2f} ms, roofline {r.train_roofline_ms:9.2f} "
+                     f"ms ({100 * r.train_memory_share:3.0f}% of it memory traffic); {100 * share:3.0f}% of the step "
+                     f"beyond the roofline: {GAP_NOTES.get(r.family, '')}")
+    return lines
 
 
 def plot(df, path: Path) -> None:
@@ -79,7 +206,8 @@ def plot(df, path: Path) -> None:
     for ax, op in zip(axes, OPS):
         for name, rows in df.groupby("head"):
             ax.loglog(rows.classes, rows[f"{op}_ms"], marker="o", label=name)
-        ax.set(title=f"{op}", xlabel="classes C", ylabel="ms per batch")
+        ax.set(title=f"{op}" + (" (forward + backward + optimizer)" if op == "train" else ""),
+               xlabel="classes C", ylabel="ms per batch")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
@@ -88,9 +216,25 @@ def plot(df, path: Path) -> None:
 
 
 def markdown_table(df) -> str:
-    cols = ["classes", "head", "train_ms", "train_speedup", "train_speedup_predicted", "log_prob_ms",
-            "predict_ms", "predict_speedup", "predict_speedup_predicted"]
-    return df[cols].to_markdown(index=False, floatfmt=".3g")
+    table = df.assign(train_spread=df.train_ms_min.map("{:.3g}".format) + "-" + df.train_ms_max.map("{:.3g}".format))
+    cols = ["classes", "head", "train_ms", "train_spread", "train_speedup", "train_speedup_madds",
+            "train_speedup_roofline", "log_prob_ms", "log_prob_speedup", "predict_ms", "predict_speedup",
+            "predict_speedup_madds", "predict_speedup_roofline"]
+    return table[cols].to_markdown(index=False, floatfmt=".3g")
+
+
+def _passive_openmp(argv: list[str] | None, device: str) -> None:
+    """Re-run the command line with OMP_WAIT_POLICY=PASSIVE on CPU: OpenMP reads it when torch loads.
+    Only from the command line (argv None): a caller's process is not replaced."""
+    if argv is None and device == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        # glibc hands every block over 32 MB back to the OS when freed, so each large tensor of a
+        # step (a C x d gradient, a gathered block) page-faults anew; keeping freed memory in the
+        # process measures the kernels, not the page faults, and applies to every head alike.
+        os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
+        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2 ** 40))
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "heads.bench", *sys.argv[1:]])
 
 
 @guard
@@ -103,36 +247,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256, help="examples per batch")
     p.add_argument("--heads", default=",".join(heads.list_heads()))
     p.add_argument("--num-sampled", type=int, default=64, help="k for the sampled head")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
+    p.add_argument("--with-dense", action="store_true", help="also time the row-sparse heads with dense=True")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median and spread over them)")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per measurement")
     p.add_argument("--out", default="bench_out", help="folder for heads_bench.csv and heads_bench.png")
     args = p.parse_args(argv)
     try:
         classes = [int(c) for c in args.classes.split(",")]
     except ValueError:
-        p.error(f"--classes={args.classes!r}: expected comma-separated integers")
-    if any(c < 2 for c in classes) or args.dim < 1 or args.batch < 1:
-        p.error(f"--classes {classes} must all be >= 2, --dim and --batch >= 1")
+        raise ValueError(f"--classes={args.classes!r}: expected comma-separated integers") from None
+    if any(c < 2 for c in classes) or args.dim < 1 or args.batch < 1 or args.repeats < 1 or args.num_sampled < 1:
+        raise ValueError(f"--classes {classes} must all be >= 2; --dim {args.dim}, --batch {args.batch}, --repeats "
+                f"{args.repeats} and --num-sampled {args.num_sampled} >= 1")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ValueError(f"--device={args.device!r}: expected cpu or cuda")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"--device={args.device!r} but CUDA is not available here")
     names = args.heads.split(",")
     for n in names:
         heads.head_class(n)  # unknown names fail here (one line, exit 2), before any timing
     if "softmax" not in names:
         names.insert(0, "softmax")  # the baseline of every ratio
-    rows = []
-    for c in classes:
-        for name in names:
-            rows.append(measure(name, c, args.dim, args.batch, args.device, args.num_sampled, args.min_run_time))
-            r = rows[-1]
-            print(f"C={c:>8d} {name:13s} train {r['train_ms']:9.3f} ms  log_prob {r['log_prob_ms']:9.3f} ms  "
-                  f"predict {r['predict_ms']:9.3f} ms", flush=True)
-    df = add_speedups(pd.DataFrame(rows))
+    _passive_openmp(argv, args.device)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}"
+          f", d={args.dim}, batch={args.batch}, "
+          f"{args.repeats} interleaved rounds", flush=True)
+    rates = machine_rates(args.device)
+    print(f"measured: {rates['madds_per_s'] / 1e9:.1f} G multiply-adds/s (fp32 matmul), "
+          f"{rates['bytes_per_s'] / 1e9:.1f} GB/s (copy)", flush=True)
+    df = add_predictions(pd.DataFrame(measure(classes, names, args)), rates, args.batch)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "heads_bench.csv", index=False)
     plot(df, out / "heads_bench.png")
     print(markdown_table(df))
-    print(f"wrote {out / 'heads_bench.csv'} and {out / 'heads_bench.png'} "
-          f"(d={args.dim}, batch={args.batch}, {args.device}, {torch.get_num_threads()} threads)")
+    print("Where the training step's time goes (roofline = multiply-adds at the measured matmul rate + bytes "
+          "at the measured bandwidth):")
+    print("\n".join(gap_lines(df)))
+    print(f"wrote {out / 'heads_bench.csv'} and {out / 'heads_bench.png'}")
     return 0
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from heads._registry import register_head
-from heads.base import madds
+from heads.base import dense_layer_bytes, madds
 from heads.softmax import SoftmaxHead
 
 
@@ -78,6 +78,8 @@ class GumbelSoftmaxHead(SoftmaxHead):
         return -(t * log_y).sum(1).mean()
 
     @classmethod
-    def complexity(cls, in_features, num_classes, **hp):
+    def complexity(cls, in_features, num_classes, batch=256, states=1, **hp):
         d, c = in_features, num_classes
-        return madds(d * c, d * c, d * c, "d*C like softmax (plus C Gumbel draws per example in training)")
+        # the noise: rand, log, log, add, divide, softmax, exp: about 8 more passes over (B, C)
+        return madds(d * c, d * c, d * c, "d*C like softmax (plus C Gumbel draws per example in training)",
+                     **dense_layer_bytes(batch, d, c, states, passes=12))

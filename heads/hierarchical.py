@@ -4,6 +4,15 @@ p(c | x) = p(g(c) | x) * p(c | g(c), x). Training touches only the K group logit
 target group's class logits: loss = -log p(group) - log p(class | group), cost d*(K + C/K)
 for balanced groups (minimal at K = sqrt(C)). The tree comes from the dataset (CIFAR-100's
 20 superclasses), from a user mapping, or is built balanced: about sqrt(C) contiguous groups.
+
+Grouped, row-sparse computation. The class rows are stored group by group, so each group's
+weights are one contiguous block. Training sorts the batch by target group and does one
+matmul per group present (no per-example (B, M, d) gather); its gradient holds only the
+rows of those groups, and the engine's lazy optimizer updates only them (`heads.sparse`:
+untouched rows keep their momentum and are not decayed that step). Greedy predict groups the
+batch by predicted group the same way. Reading the group counts is one small host sync per
+step. `dense=True` keeps the same grouped matmuls but writes a dense C x d gradient, which
+the dense optimizer then updates row by row: today's dense update.
 """
 from __future__ import annotations
 
@@ -16,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from heads._registry import register_head
-from heads.base import Head, madds, smoothed_nll
+from heads.base import F32, Head, madds, smoothed_nll, update_bytes
+from heads.sparse import sparse_grad
 
 TREES = ("auto", "dataset", "balanced")
 PREDICT_MODES = ("greedy", "exact")
@@ -60,10 +70,66 @@ def resolve_groups(num_classes: int, hierarchy=None, tree: str = "auto", num_gro
     return _check_groups(groups, num_classes)
 
 
+def _plan(group: torch.Tensor, members: torch.Tensor, valid: torch.Tensor):
+    """Pad the batch by group: each example's (group slot, position) among the U groups present,
+    the rows of those groups (U, M) and which are real (not padding), and the largest count."""
+    present, slot, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    order = torch.argsort(slot, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    pos = torch.empty_like(slot)
+    pos[order] = torch.arange(len(slot), device=slot.device) - first[slot[order]]
+    width = int(counts.max())  # the one host sync of a step
+    return slot, pos, width, members[present], valid[present]
+
+
+def _padded(t: torch.Tensor, slot, pos, groups: int, width: int) -> torch.Tensor:
+    """(B, ...) -> (U, width, ...): each example at its group's slot and position, zeros elsewhere."""
+    out = t.new_zeros((groups, width) + t.shape[1:])
+    out[slot, pos] = t
+    return out
+
+
+class _GroupedLogits(torch.autograd.Function):
+    """Each example's logits over its group's classes (B, M), by one batched matmul over the groups
+    present; the weight and bias gradients hold only those groups' rows (row-sparse), or are dense
+    C x d tensors with zeros elsewhere (`dense`). The groups' weight blocks are gathered once."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, group, members, valid, dense):
+        slot, pos, width, rows, real = _plan(group, members, valid)
+        with torch.autocast(x.device.type, enabled=False):
+            w = weight.index_select(0, rows.flatten()).view(*rows.shape, -1).to(x.dtype)  # (U, M, d)
+            xp = _padded(x, slot, pos, len(rows), width)  # (U, n, d)
+            logits = torch.baddbmm(bias[rows].to(x.dtype)[:, None, :], xp, w.transpose(1, 2))  # (U, n, M)
+        ctx.save_for_backward(w, xp, slot, pos, rows, real)
+        ctx.dense, ctx.shapes = dense, (weight.shape, bias.shape)
+        return logits[slot, pos]
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, xp, slot, pos, rows, real = ctx.saved_tensors
+        (w_shape, b_shape), d = ctx.shapes, w.shape[-1]
+        gp = _padded(grad.to(w.dtype), slot, pos, len(rows), xp.shape[1])  # (U, n, M)
+        grad_x = torch.bmm(gp, w)[slot, pos]
+        gw = torch.bmm(gp.transpose(1, 2), xp).view(-1, d)  # (U*M, d): rows of the groups present
+        gb, index = gp.sum(1).flatten(), rows.flatten()
+        if not bool(real.all()):  # drop the padding slots of smaller groups
+            keep = real.flatten()
+            gw, gb, index = gw[keep], gb[keep], index[keep]
+        if ctx.dense:
+            gw = torch.zeros(w_shape, dtype=gw.dtype, device=gw.device).index_copy_(0, index, gw)
+            gb = torch.zeros(b_shape, dtype=gb.dtype, device=gb.device).index_copy_(0, index, gb)
+        else:  # groups in ascending order, rows ascending within: already coalesced
+            gw = sparse_grad(index, gw.float() if w.dtype != torch.float32 else gw, w_shape, coalesced=True)
+            gb = sparse_grad(index, gb, b_shape, coalesced=True)
+        return grad_x, gw, gb, None, None, None, None
+
+
 @register_head(name="hierarchical")
 class HierarchicalHead(Head):
     cost_note = ("K groups then the classes of one group: O(d*(K + C/K)) to train and for greedy predict, "
                  "minimal at K = sqrt(C); the full distribution still needs O(d*(K + C)).")
+    _version = 2  # 2: class rows stored group by group (version 1: in class-id order)
 
     @classmethod
     def suggest(cls, trial, num_classes, has_hierarchy=False):
@@ -76,67 +142,95 @@ class HierarchicalHead(Head):
         return {"head_tree": "dataset"}
 
     def __init__(self, in_features: int, num_classes: int, hierarchy=None, tree: str = "auto",
-                 num_groups: int | None = None, predict_mode: str = "greedy", label_smoothing: float = 0.0):
+                 num_groups: int | None = None, predict_mode: str = "greedy", dense: bool = False,
+                 label_smoothing: float = 0.0):
         super().__init__(in_features, num_classes, label_smoothing)
         if predict_mode not in PREDICT_MODES:
             raise ValueError(f"predict_mode={predict_mode!r} is not one of {PREDICT_MODES}")
         groups = resolve_groups(num_classes, hierarchy, tree, num_groups)
-        self.tree, self.predict_mode, self.groups = tree, predict_mode, groups
-        k, m = len(groups), max(len(g) for g in groups)
-        members = torch.zeros(k, m, dtype=torch.long)  # padded member table: group -> its classes
-        mask = torch.zeros(k, m, dtype=torch.bool)
-        group_of, pos_in_group = torch.empty(num_classes, dtype=torch.long), torch.empty(num_classes, dtype=torch.long)
-        for gi, g in enumerate(groups):
-            members[gi, :len(g)], mask[gi, :len(g)] = torch.tensor(g), True
-            group_of[g], pos_in_group[g] = gi, torch.arange(len(g))
-        for name, t in (("members", members), ("mask", mask), ("group_of", group_of), ("pos_in_group", pos_in_group)):
+        self.tree, self.predict_mode, self.groups, self.dense = tree, predict_mode, groups, dense
+        self.sizes = [len(g) for g in groups]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).tolist()
+        self.width = max(self.sizes)
+        order = torch.tensor([c for g in groups for c in g])  # internal row -> class id
+        self.identity = bool((order == torch.arange(num_classes)).all())
+        group_of_row = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(self.sizes))
+        offset, size = torch.tensor(self.offsets), torch.tensor(self.sizes)
+        # padded table of each group's rows (log_prob), clamped into the group; `valid` masks the padding
+        slot = torch.arange(self.width)
+        members = offset[:, None] + torch.minimum(slot[None, :], size[:, None] - 1)
+        buffers = {"order": order, "rank": torch.argsort(order), "group_of_row": group_of_row,
+                   "group_of": group_of_row[torch.argsort(order)], "offset": offset, "size": size,
+                   "slot": slot, "members": members, "valid": slot[None, :] < size[:, None]}
+        for name, t in buffers.items():
             self.register_buffer(name, t, persistent=False)
-        self.group_fc = nn.Linear(in_features, k)
+        self.group_fc = nn.Linear(in_features, len(groups))
         ref = nn.Linear(in_features, num_classes)  # same init as a softmax layer
-        self.class_weight, self.class_bias = nn.Parameter(ref.weight.detach()), nn.Parameter(ref.bias.detach())
+        self.class_weight = nn.Parameter(ref.weight.detach()[order].clone())
+        self.class_bias = nn.Parameter(ref.bias.detach()[order].clone())
 
     def hparams(self):
-        return {"hierarchy": self.groups}
+        return {"hierarchy": self.groups, "dense": self.dense}
+
+    def sparse_parameters(self):
+        return [] if self.dense else [self.class_weight, self.class_bias]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        if local_metadata.get("version", 1) < 2:  # an older checkpoint: rows in class-id order
+            for name in ("class_weight", "class_bias"):
+                if prefix + name in state_dict:
+                    state_dict[prefix + name] = state_dict[prefix + name][self.order]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def _within_group(self, features: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        """Log p(class | group) over each row's group members (B, M); padding is -inf."""
-        idx = self.members[group]
-        # F.embedding, not class_weight[idx]: its backward is a sorted segment-sum, ~2x faster than index_put.
-        weight = F.embedding(idx, self.class_weight)
-        bias = F.embedding(idx, self.class_bias[:, None]).squeeze(2)
-        logits = torch.einsum("bmd,bd->bm", weight.to(features.dtype), features) + bias
-        return F.log_softmax(logits.float().masked_fill(~self.mask[group], float("-inf")), dim=1)
+        """Log p(class | group) over each row's group slots (B, M); padding is -inf."""
+        logits = _GroupedLogits.apply(features, self.class_weight, self.class_bias, group, self.members,
+                                      self.valid, self.dense)
+        return F.log_softmax(logits.float().masked_fill(~self.valid[group], float("-inf")), dim=1)
 
     def loss(self, features, target):
         group = self.group_of[target]
-        eps = self.label_smoothing
+        eps, valid = self.label_smoothing, self.valid[group]
         lp_group = F.log_softmax(self.group_fc(features).float(), dim=1)
         lp_class = self._within_group(features, group)
         nll_group = smoothed_nll(lp_group, group, eps)
         # -inf padding times weight 0 would be NaN: zero it before the smoothing mean.
-        nll_class = smoothed_nll(lp_class.masked_fill(~self.mask[group], 0.0), self.pos_in_group[target], eps,
-                                 valid=self.mask[group])
+        pos = self.rank[target] - self.offset[group]
+        nll_class = smoothed_nll(lp_class.masked_fill(~valid, 0.0), pos, eps, valid=valid)
         return (nll_group + nll_class).mean()
 
     def log_prob(self, features):
         lp_group = F.log_softmax(self.group_fc(features).float(), dim=1)
-        logits = (features @ self.class_weight.t() + self.class_bias).float()  # (B, C)
-        padded = logits[:, self.members].masked_fill(~self.mask, float("-inf"))  # (B, K, M)
+        logits = (features @ self.class_weight.t() + self.class_bias).float()  # (B, C), rows' order
+        padded = logits[:, self.members].masked_fill(~self.valid, float("-inf"))  # (B, K, M)
         log_norm = torch.logsumexp(padded, dim=2)  # (B, K)
-        return logits - log_norm[:, self.group_of] + lp_group[:, self.group_of]
+        lp = logits - log_norm[:, self.group_of_row] + lp_group[:, self.group_of_row]
+        return lp if self.identity else lp[:, self.rank]
 
     def predict(self, features, exact: bool | None = None):
         """Greedy: best group, then best class in it (d*(K + C/K)); exact: argmax of log_prob."""
         if exact if exact is not None else self.predict_mode == "exact":
             return self.log_prob(features).argmax(dim=1)
         group = self.group_fc(features).argmax(dim=1)
-        pos = self._within_group(features, group).argmax(dim=1)
-        return self.members[group, pos]
+        logits = _GroupedLogits.apply(features, self.class_weight, self.class_bias, group, self.members,
+                                      self.valid, True)
+        pos = logits.float().masked_fill(~self.valid[group], float("-inf")).argmax(dim=1)
+        return self.order[self.offset[group] + pos]
 
     @classmethod
-    def complexity(cls, in_features, num_classes, hierarchy=None, tree="auto", num_groups=None, **hp):
+    def complexity(cls, in_features, num_classes, hierarchy=None, tree="auto", num_groups=None, dense=False,
+                   batch=256, states=1, **hp):
         sizes = np.array([len(g) for g in resolve_groups(num_classes, hierarchy, tree, num_groups)])
-        d, k = in_features, len(sizes)
+        d, k, c = in_features, len(sizes), num_classes
         expected_group = float((sizes ** 2).sum() / num_classes)  # size of the target's group, uniform targets
+        # rows of the distinct groups a batch touches (uniform targets): K * (1 - (1 - 1/K)^B) groups
+        rows = k * (1 - (1 - 1 / k) ** batch) * sizes.mean() * d
+        group_layer = 3 * k * d * F32 + update_bytes(k * d, states)
+        if dense:  # grouped matmuls, then a zero-filled C x d gradient and the update of every row
+            train = 3 * rows * F32 + c * d * F32 + update_bytes(c * d, states)
+        else:  # grouped matmuls reading contiguous blocks, row gradients, the lazy update of those rows
+            train = 3 * rows * F32 + update_bytes(rows, states, lazy=True)
         return madds(d * (k + expected_group), d * (k + num_classes), d * (k + sizes.mean()),
-                     f"K={k} groups: d*(K + C/K) for training and greedy predict, d*(K + C) for log_prob")
+                     f"K={k} groups: d*(K + C/K) for training and greedy predict, d*(K + C) for log_prob",
+                     train_bytes=train + group_layer, log_prob_bytes=(c * d + 6 * batch * c) * F32,
+                     predict_bytes=(k * d + rows) * F32)

@@ -6,6 +6,11 @@ suits classes ranked by frequency). Logits of the true and sampled classes are
 corrected by -log(k*Q(c)) (expected count), accidental hits (a sample equal to the
 target) are removed, and the loss is cross-entropy over [true, samples]: cost d*(k+1).
 In eval mode, log_prob, predict and loss use the full softmax (d*C).
+
+Row-sparse by default: one lookup of the rows [targets, samples] whose gradient holds only
+those rows, and the engine's lazy optimizer updates only them (see `heads.sparse` for what
+that changes against a dense update: untouched rows keep their momentum and are not decayed
+that step). `dense=True` is the dense gradient and dense optimizer update of every row.
 """
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from heads._registry import register_head
-from heads.base import madds
+from heads.base import F32, dense_layer_bytes, madds, update_bytes
 from heads.softmax import SoftmaxHead
+from heads.sparse import rows
 
 PROPOSALS = ("uniform", "log_uniform")
 
@@ -37,16 +43,19 @@ class SampledSoftmaxHead(SoftmaxHead):
         return {"head_num_sampled": 64}  # the default, clipped into the range
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int = 64, proposal: str = "uniform",
-                 label_smoothing: float = 0.0):
+                 dense: bool = False, label_smoothing: float = 0.0):
         super().__init__(in_features, num_classes, label_smoothing)
         if not 1 <= num_sampled < num_classes:
             raise ValueError(f"num_sampled (k)={num_sampled} must be in [1, num_classes={num_classes})")
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal={proposal!r} is not one of {PROPOSALS}")
-        self.num_sampled, self.proposal = num_sampled, proposal
+        self.num_sampled, self.proposal, self.dense = num_sampled, proposal, dense
 
     def hparams(self):
-        return {"num_sampled": self.num_sampled}
+        return {"num_sampled": self.num_sampled, "dense": self.dense}
+
+    def sparse_parameters(self) -> list:
+        return [] if self.dense else [self.fc.weight, self.fc.bias]
 
     def _log_q(self, classes: torch.Tensor) -> torch.Tensor:
         if self.proposal == "uniform":
@@ -66,14 +75,25 @@ class SampledSoftmaxHead(SoftmaxHead):
             return super().loss(features, target)
         sampled = self.sample(features.device)
         log_k = math.log(self.num_sampled)
-        w, b = self.fc.weight, self.fc.bias
-        true_logit = (features * w[target]).sum(1) + b[target] - (log_k + self._log_q(target))
-        neg = features @ w[sampled].t() + b[sampled] - (log_k + self._log_q(sampled))
+        index, n = torch.cat([target, sampled]), len(target)  # one lookup for both
+        if self.dense:
+            w, b = self.fc.weight[index], self.fc.bias[index]
+        else:
+            w, b = rows(index, self.fc.weight), rows(index, self.fc.bias)
+        true_logit = (features * w[:n]).sum(1) + b[:n] - (log_k + self._log_q(target))
+        neg = features @ w[n:].t() + b[n:] - (log_k + self._log_q(sampled))
         neg = neg.float().masked_fill(sampled[None, :] == target[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([true_logit.float()[:, None], neg], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(target))
 
     @classmethod
-    def complexity(cls, in_features, num_classes, num_sampled=64, **hp):
+    def complexity(cls, in_features, num_classes, num_sampled=64, dense=False, batch=256, states=1, **hp):
         d, c = in_features, num_classes
-        return madds(d * (num_sampled + 1), d * c, d * c, f"training d*(k+1) with k={num_sampled}; log_prob, predict d*C")
+        r = (batch + num_sampled) * d  # the rows looked up: targets and samples
+        full = dense_layer_bytes(batch, d, c, states)
+        if dense:  # a zero-filled C x d gradient, rows added into it, and the update of every row
+            train = 3 * r * F32 + c * d * F32 + 2 * r * F32 + update_bytes(c * d, states)
+        else:  # lookup (copy) and matmul, row gradients, their coalescing (a sort), the lazy update
+            train = 6 * r * F32 + update_bytes(r, states, lazy=True)
+        return madds(d * (num_sampled + 1), d * c, d * c, f"training d*(k+1) with k={num_sampled}; log_prob, predict d*C",
+                     train_bytes=train, log_prob_bytes=full["log_prob_bytes"], predict_bytes=full["predict_bytes"])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heads._registry import register_head
-from heads.base import Head, madds, smoothed_nll
+from heads.base import Head, dense_layer_bytes, madds, smoothed_nll
 
 
 @register_head(name="softmax")
@@ -35,6 +35,7 @@ class SoftmaxHead(Head):
         return self.logits(features).argmax(dim=1)  # no normalisation needed
 
     @classmethod
-    def complexity(cls, in_features, num_classes, **hp):
+    def complexity(cls, in_features, num_classes, batch=256, states=1, **hp):
         d, c = in_features, num_classes
-        return madds(d * c, d * c, d * c, "d*C for training, log_prob and predict")
+        return madds(d * c, d * c, d * c, "d*C for training, log_prob and predict",
+                     **dense_layer_bytes(batch, d, c, states))

@@ -69,3 +69,12 @@ def test_the_lead_is_judged_by_the_same_paired_test():
     assert any("Its lead over cnn + gumbel is 0.1017, 95% CI [" in n and n.endswith(": a real lead.") for n in clear)
     close = report.observations(_final({"softmax": [0.30, 0.33, 0.31], "gumbel": [0.31, 0.30, 0.32]}), trials, 4, None)
     assert any("Its lead over cnn + gumbel" in n and n.endswith(": within the seed spread.") for n in close)
+
+
+def test_adaptive_caveat_only_when_adaptive_ran_on_tied_class_counts():
+    from analysis.compare import adaptive_caveat
+
+    tied = {"dataset": {"class_counts_tie": True}}
+    assert "arbitrary" in adaptive_caveat(tied, ["softmax", "adaptive"])
+    assert adaptive_caveat(tied, ["softmax"]) is None
+    assert adaptive_caveat({"dataset": {"class_counts_tie": False}}, ["adaptive"]) is None

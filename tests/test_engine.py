@@ -34,8 +34,9 @@ def test_every_epoch_reports_the_metrics(fake_dir):
         assert state["epoch"] == m["epoch"]
 
 
-def test_resume_from_state_matches_an_uninterrupted_run(fake_dir):
-    cfg = TrainConfig(arch="cnn_base", head="gumbel", epochs=3, batch_size=64, device="cpu")
+@pytest.mark.parametrize("head", ["gumbel", "sampled", "hierarchical"])  # sampled, hierarchical: lazy row updates
+def test_resume_from_state_matches_an_uninterrupted_run(fake_dir, head):
+    cfg = TrainConfig(arch="cnn_base", head=head, epochs=3, batch_size=64, device="cpu", grad_clip=1.0)
     full = engine.fit(cfg, _split(fake_dir)).history
     saved = io.BytesIO()  # serialised at once, as a checkpoint is: state() holds live tensors
     engine.fit(cfg, _split(fake_dir), on_epoch=lambda m, state: torch.save(state(), saved) if m["epoch"] == 1 else None)

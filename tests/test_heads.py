@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 import heads
 from heads.hierarchical import HierarchicalHead
+from tuning.config import TrainConfig
+from tuning.optim import make_optimizer
 
 
 def _make(name, d, c, **hp):
@@ -53,7 +55,7 @@ def test_hierarchical_log_prob_equals_brute_force_and_loss_equals_nll():
     x, y = torch.randn(6, 8), torch.tensor([0, 2, 11, 5, 4, 1])
     lp = head.log_prob(x)
     group_lp = F.log_softmax(head.group_fc(x), 1)
-    logits = x @ head.class_weight.t() + head.class_bias
+    logits = (x @ head.class_weight.t() + head.class_bias)[:, head.rank]  # rows are stored group by group
     for b in range(6):
         for gi, g in enumerate(groups):
             within = F.log_softmax(logits[b, g], 0)
@@ -178,7 +180,7 @@ def test_every_head_trains_a_linear_classifier_on_separable_data(name):
     # At d=16 the default div_value=4 leaves the second tail a 1-dim projection; 2 keeps it rank 4.
     hp = {"sampled": {"num_sampled": 5}, "adaptive": {"div_value": 2.0}}.get(name, {})
     head = _make(name, d, c, **hp)
-    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    opt = make_optimizer(TrainConfig(optimizer="adam", lr=0.05, weight_decay=0.0), head)  # lazy rows where sparse
     head.train()
     for _ in range(300):
         idx = torch.randint(0, 2000, (128,))
@@ -226,12 +228,15 @@ def test_bench_writes_csv_plot_and_ratios(tmp_path):
 
     import pandas as pd
 
-    assert bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-run-time", "0.01",
-                       "--out", str(tmp_path)]) == 0
+    assert bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-time", "0.01", "--repeats", "2",
+                       "--with-dense", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "heads_bench.csv").stat().st_size > 0 and (tmp_path / "heads_bench.png").stat().st_size > 0
     df = pd.read_csv(tmp_path / "heads_bench.csv")
-    assert sorted(df["head"].unique()) == heads.list_heads() and len(df) == 10
+    assert sorted(df.family.unique()) == heads.list_heads() and len(df) == 2 * 7  # + sampled, hierarchical dense
+    assert {"sampled[dense]", "hierarchical[dense]"} <= set(df["head"])
+    assert (df.train_ms_min <= df.train_ms).all() and (df.train_ms <= df.train_ms_max).all()
     soft = df[df["head"] == "softmax"]
-    assert (soft.train_speedup == 1.0).all() and (soft.train_speedup_predicted == 1.0).all()
+    assert (soft.train_speedup == 1.0).all() and (soft.train_speedup_madds == 1.0).all()
+    assert (soft.train_speedup_roofline == 1.0).all()
     hier = df[(df["head"] == "hierarchical") & (df.classes == 50)].iloc[0]
-    assert hier.train_speedup_predicted == pytest.approx(50 / (7 + 50 / 7), rel=0.05)
+    assert hier.train_speedup_madds == pytest.approx(50 / (7 + 50 / 7), rel=0.05)

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import search_spaces
 from common.cli import guard
 from common.status import ERROR, FINISHED
@@ -155,7 +157,8 @@ def dataset_spec(ds: data.Dataset, data_dir: str | None) -> dict:
     """What the report needs to know of the data: its shape, its class names, whether its split is official."""
     return {"name": ds.name, "num_classes": ds.num_classes, "in_chans": ds.in_chans, "img_size": ds.img_size,
             "hierarchy": ds.class_to_group is not None, "classes": ds.classes, "groups": ds.group_names,
-            "official_split": data.official_split(ds.name, data_dir) if data_dir else None}
+            "official_split": data.official_split(ds.name, data_dir) if data_dir else None,
+            "class_counts_tie": bool(len(set(np.bincount(ds.y_train, minlength=ds.num_classes).tolist())) == 1)}
 
 
 def make_spec(args: argparse.Namespace, space: Space, ds: data.Dataset) -> dict:

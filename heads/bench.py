@@ -39,7 +39,8 @@ GAP_NOTES = {  # what the roofline does not count, by head
     "softmax": "the (B, C) logits and their softmax passes beyond the byte model's four",
     "gumbel": "C Gumbel draws per example (rand, two logs) on top of softmax",
     "sampled": "sorting (coalescing) the row gradient, gathers/scatters of rows, the Python of a small step",
-    "hierarchical": "one small matmul per group present (a Python loop of up to B groups), the batch sort",
+    "hierarchical": "gathering the present groups' weight blocks, padding the batch by group, the update of "
+                    "their rows run by run",
     "adaptive": "PyTorch's per-cluster loop, its index_copy_ of targets, and the full update of every weight",
 }
 
@@ -92,7 +93,7 @@ def machine_rates(device: str) -> dict:
 def memory_needed(name: str, num_classes: int, dim: int, batch: int, dense: bool) -> float:
     """Bytes a turn holds at once: weights, gradient, momentum, and a few (B, C) activations."""
     weights = num_classes * dim * 4
-    rows_sparse = name in ("sampled", "hierarchical") and not dense
+    rows_sparse = "dense" in heads.HEADS.options(name) and not dense  # a row-sparse head, as `variants` reads it
     grad = weights * (0.3 if rows_sparse else 1)
     return 3 * weights + grad + 6 * batch * num_classes * 4
 

@@ -6,13 +6,14 @@ for balanced groups (minimal at K = sqrt(C)). The tree comes from the dataset (C
 20 superclasses), from a user mapping, or is built balanced: about sqrt(C) contiguous groups.
 
 Grouped, row-sparse computation. The class rows are stored group by group, so each group's
-weights are one contiguous block. Training sorts the batch by target group and does one
-matmul per group present (no per-example (B, M, d) gather); its gradient holds only the
-rows of those groups, and the engine's lazy optimizer updates only them (`heads.sparse`:
-untouched rows keep their momentum and are not decayed that step). Greedy predict groups the
-batch by predicted group the same way. Reading the group counts is one small host sync per
-step. `dense=True` keeps the same grouped matmuls but writes a dense C x d gradient, which
-the dense optimizer then updates row by row: today's dense update.
+rows are one contiguous run. Training pads the batch by target group and does one batched
+matmul over the groups present, their weight blocks gathered once (no per-example (B, M, d)
+gather); its gradient holds only the rows of those groups, and the engine's lazy optimizer
+updates only them (`heads.sparse`: untouched rows keep their momentum and are not decayed
+that step). Greedy predict pads the batch by predicted group the same way. Reading the
+largest group count is one small host sync per step. `dense=True` keeps the same grouped
+matmuls but writes a dense C x d gradient, which the dense optimizer then updates in full:
+the dense update.
 """
 from __future__ import annotations
 
@@ -149,19 +150,17 @@ class HierarchicalHead(Head):
             raise ValueError(f"predict_mode={predict_mode!r} is not one of {PREDICT_MODES}")
         groups = resolve_groups(num_classes, hierarchy, tree, num_groups)
         self.tree, self.predict_mode, self.groups, self.dense = tree, predict_mode, groups, dense
-        self.sizes = [len(g) for g in groups]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).tolist()
-        self.width = max(self.sizes)
         order = torch.tensor([c for g in groups for c in g])  # internal row -> class id
         self.identity = bool((order == torch.arange(num_classes)).all())
-        group_of_row = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(self.sizes))
-        offset, size = torch.tensor(self.offsets), torch.tensor(self.sizes)
-        # padded table of each group's rows (log_prob), clamped into the group; `valid` masks the padding
-        slot = torch.arange(self.width)
+        size = torch.tensor([len(g) for g in groups])
+        offset = torch.cumsum(size, 0) - size  # each group's first row
+        group_of_row = torch.repeat_interleave(torch.arange(len(groups)), size)
+        # padded table of each group's rows, clamped into the group; `valid` masks the padding
+        slot = torch.arange(int(size.max()))
         members = offset[:, None] + torch.minimum(slot[None, :], size[:, None] - 1)
         buffers = {"order": order, "rank": torch.argsort(order), "group_of_row": group_of_row,
-                   "group_of": group_of_row[torch.argsort(order)], "offset": offset, "size": size,
-                   "slot": slot, "members": members, "valid": slot[None, :] < size[:, None]}
+                   "group_of": group_of_row[torch.argsort(order)], "offset": offset, "members": members,
+                   "valid": slot[None, :] < size[:, None]}
         for name, t in buffers.items():
             self.register_buffer(name, t, persistent=False)
         self.group_fc = nn.Linear(in_features, len(groups))

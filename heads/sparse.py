@@ -61,9 +61,10 @@ class LazyRows(torch.optim.Optimizer):
     """An optimizer rule (`RULES`) applied lazily to the rows of row-sparse gradients (module docstring).
 
     The arithmetic is PyTorch's own (the functional `torch.optim.sgd.sgd`, `adam`, `adamw`,
-    `rmsprop`, fused or multi-tensor), run on views of the touched runs of consecutive rows,
-    so nothing is copied and a row moves exactly as the stock optimizer would move it. Adam's
-    bias correction counts each row's own steps (runs are split where counts differ).
+    `rmsprop`, multi-tensor), so a row moves exactly as the stock optimizer would move it. Long
+    runs of consecutive rows (a hierarchical head's groups) are updated in place as views;
+    scattered rows (sampled) are gathered into copies, updated and scattered back. Adam's bias
+    correction counts each row's own steps (runs are split where counts differ).
     Hyperparameters mirror the stock optimizers: sgd(momentum, nesterov), adam/adamw(betas=
     (momentum, beta2), eps), rmsprop(alpha, eps, momentum); `weight_decay` is L2 added to the
     gradient, except for adamw (decoupled); it is added into the gradient rows in place (a step

@@ -39,4 +39,4 @@ train-smoke: install
 
 bench: install
 	$(PY) -m tuning.bench_loader --data-dir $(DATA_DIR)
-	$(PY) -m heads.bench --classes 100,1000,10000,100000 --dim 512 --batch 256
+	$(PY) -m heads.bench --classes 100,1000,10000,100000,1000000 --dim 512 --batch 256 --with-dense

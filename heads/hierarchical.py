@@ -227,8 +227,8 @@ class HierarchicalHead(Head):
         group_layer = 3 * k * d * F32 + update_bytes(k * d, states)
         if dense:  # grouped matmuls, then a zero-filled C x d gradient and the update of every row
             train = 3 * rows * F32 + c * d * F32 + update_bytes(c * d, states)
-        else:  # grouped matmuls reading contiguous blocks, row gradients, the lazy update of those rows
-            train = 3 * rows * F32 + update_bytes(rows, states, lazy=True)
+        else:  # grouped matmuls reading contiguous blocks, row gradients, the update of those rows in place
+            train = 3 * rows * F32 + update_bytes(rows, states)
         return madds(d * (k + expected_group), d * (k + num_classes), d * (k + sizes.mean()),
                      f"K={k} groups: d*(K + C/K) for training and greedy predict, d*(K + C) for log_prob",
                      train_bytes=train + group_layer, log_prob_bytes=(c * d + 6 * batch * c) * F32,

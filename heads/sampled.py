@@ -7,6 +7,10 @@ corrected by -log(k*Q(c)) (expected count), accidental hits (a sample equal to t
 target) are removed, and the loss is cross-entropy over [true, samples]: cost d*(k+1).
 In eval mode, log_prob, predict and loss use the full softmax (d*C).
 
+`batch_negatives=True` adds the batch's other targets as negatives (mixed negative sampling, Yang
+et al. 2020): B + k candidates for d*(B+k) per example, their logits corrected by the log of
+the expected count k*Q(c) + B/C, repeats of the example's own class removed.
+
 Row-sparse by default: one lookup of the rows [targets, samples] whose gradient holds only
 those rows, and the engine's lazy optimizer updates only them (see `heads.sparse` for what
 that changes against a dense update: untouched rows keep their momentum and are not decayed
@@ -43,16 +47,17 @@ class SampledSoftmaxHead(SoftmaxHead):
         return {"head_num_sampled": 64}  # the default, clipped into the range
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int = 64, proposal: str = "uniform",
-                 dense: bool = False, label_smoothing: float = 0.0):
+                 batch_negatives: bool = False, dense: bool = False, label_smoothing: float = 0.0):
         super().__init__(in_features, num_classes, label_smoothing)
         if not 1 <= num_sampled < num_classes:
             raise ValueError(f"num_sampled (k)={num_sampled} must be in [1, num_classes={num_classes})")
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal={proposal!r} is not one of {PROPOSALS}")
         self.num_sampled, self.proposal, self.dense = num_sampled, proposal, dense
+        self.batch_negatives = batch_negatives
 
     def hparams(self):
-        return {"num_sampled": self.num_sampled, "dense": self.dense}
+        return {"num_sampled": self.num_sampled, "batch_negatives": self.batch_negatives, "dense": self.dense}
 
     def sparse_parameters(self) -> list:
         return [] if self.dense else [self.fc.weight, self.fc.bias]
@@ -74,26 +79,46 @@ class SampledSoftmaxHead(SoftmaxHead):
         if not self.training:
             return super().loss(features, target)
         sampled = self.sample(features.device)
-        log_k = math.log(self.num_sampled)
         index, n = torch.cat([target, sampled]), len(target)  # one lookup for both
         if self.dense:
             w, b = self.fc.weight[index], self.fc.bias[index]
         else:
-            w, b = rows(index, self.fc.weight), rows(index, self.fc.bias)
+            w, b = rows(index, self.fc.weight, self.fc.bias)
+        if self.batch_negatives:
+            return self._loss_with_batch(features, target, index, w, b)
+        log_k = math.log(self.num_sampled)
         true_logit = (features * w[:n]).sum(1) + b[:n] - (log_k + self._log_q(target))
         neg = features @ w[n:].t() + b[n:] - (log_k + self._log_q(sampled))
         neg = neg.float().masked_fill(sampled[None, :] == target[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([true_logit.float()[:, None], neg], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(target))
 
+    def _loss_with_batch(self, features, target, index, w, b):
+        """Candidates are the batch's targets and the k samples (mixed negative sampling): example i's
+        positive is column i, every other column of another class is a negative. A class's logit
+        is corrected by the log of its expected count among the candidates, k*Q(c) + n/C (the
+        batch's targets taken as uniform draws over classes), and columns of the example's own
+        class other than its own (repeats in the batch, accidental hits) are removed."""
+        n = len(target)
+        log_count = torch.logaddexp(math.log(self.num_sampled) + self._log_q(index),
+                                    torch.tensor(math.log(n / self.num_classes), device=index.device))
+        logits = (features @ w.t() + b).float() - log_count  # (n, n + k)
+        own = torch.arange(n, device=target.device)
+        hits = index[None, :] == target[:, None]
+        hits[own, own] = False
+        return F.cross_entropy(logits.masked_fill(hits, float("-inf")), own)
+
     @classmethod
-    def complexity(cls, in_features, num_classes, num_sampled=64, dense=False, batch=256, states=1, **hp):
+    def complexity(cls, in_features, num_classes, num_sampled=64, batch_negatives=False, dense=False, batch=256,
+                   states=1, **hp):
         d, c = in_features, num_classes
+        candidates = num_sampled + (batch if batch_negatives else 1)  # logits per example
         r = (batch + num_sampled) * d  # the rows looked up: targets and samples
         full = dense_layer_bytes(batch, d, c, states)
         if dense:  # a zero-filled C x d gradient, rows added into it, and the update of every row
             train = 3 * r * F32 + c * d * F32 + 2 * r * F32 + update_bytes(c * d, states)
         else:  # lookup (copy) and matmul, row gradients, their coalescing (a sort), the lazy update
             train = 6 * r * F32 + update_bytes(r, states, lazy=True)
-        return madds(d * (num_sampled + 1), d * c, d * c, f"training d*(k+1) with k={num_sampled}; log_prob, predict d*C",
+        what = "d*(k+B), the batch's targets too" if batch_negatives else "d*(k+1)"
+        return madds(d * candidates, d * c, d * c, f"training {what} with k={num_sampled}; log_prob, predict d*C",
                      train_bytes=train, log_prob_bytes=full["log_prob_bytes"], predict_bytes=full["predict_bytes"])

@@ -32,24 +32,29 @@ from torch.optim.sgd import sgd
 from heads.base import Head
 
 RULES = ("sgd", "adam", "adamw", "rmsprop")
+FUSED_DEVICES = ("cpu", "cuda")  # where PyTorch has fused SGD and Adam(W) kernels
 
 
 class _Rows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, index, weight):
+    def forward(ctx, index, *tensors):
         ctx.save_for_backward(index)
-        ctx.shape = weight.shape
-        return weight.index_select(0, index)
+        ctx.shapes = [t.shape for t in tensors]
+        return tuple(t.index_select(0, index) for t in tensors)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         (index,) = ctx.saved_tensors
-        return None, sparse_grad(index, grad, ctx.shape)
+        # Repeated ids summed here (coalesce: a sort, faster than index_add_ on CPU), so the
+        # optimizer receives sorted unique rows.
+        return (None, *(sparse_grad(index, g, shape).coalesce() for g, shape in zip(grads, ctx.shapes)))
 
 
-def rows(index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """weight[index] (any number of dims); the gradient reaching `weight` is row-sparse."""
-    return _Rows.apply(index, weight)
+def rows(index: torch.Tensor, *tensors: torch.Tensor):
+    """t[index] for each tensor (any number of dims, same first dim); the gradients reaching the
+    tensors are row-sparse. One tensor gives one result, several a tuple."""
+    out = _Rows.apply(index, *tensors)
+    return out[0] if len(tensors) == 1 else out
 
 
 def sparse_grad(index: torch.Tensor, values: torch.Tensor, shape, coalesced: bool = False) -> torch.Tensor:
@@ -61,14 +66,14 @@ class LazyRows(torch.optim.Optimizer):
     """An optimizer rule (`RULES`) applied lazily to the rows of row-sparse gradients (module docstring).
 
     The arithmetic is PyTorch's own (the functional `torch.optim.sgd.sgd`, `adam`, `adamw`,
-    `rmsprop`, multi-tensor), so a row moves exactly as the stock optimizer would move it. Long
+    `rmsprop`; fused kernels where PyTorch has them), so a row moves exactly as the stock optimizer
+    would move it. Long
     runs of consecutive rows (a hierarchical head's groups) are updated in place as views;
     scattered rows (sampled) are gathered into copies, updated and scattered back. Adam's bias
     correction counts each row's own steps (runs are split where counts differ).
     Hyperparameters mirror the stock optimizers: sgd(momentum, nesterov), adam/adamw(betas=
     (momentum, beta2), eps), rmsprop(alpha, eps, momentum); `weight_decay` is L2 added to the
-    gradient, except for adamw (decoupled); it is added into the gradient rows in place (a step
-    consumes its gradient). Dense gradients are accepted too (every row touched).
+    gradient, except for adamw (decoupled). Dense gradients are accepted too (every row touched).
     """
 
     def __init__(self, params, rule: str, lr: float, momentum: float = 0.0, nesterov: bool = False,
@@ -108,8 +113,8 @@ class LazyRows(torch.optim.Optimizer):
             state.update(self._fresh_state(p))
         tensors = {k: v for k, v in state.items() if k != "row_steps"}
         steps = state["row_steps"].index_select(0, index) if "row_steps" in state else None
-        bounds, lengths, first = _runs(index, steps)
-        if len(lengths) * 16 <= len(index):  # long runs of rows (a hierarchical head's groups): views, in place
+        if _in_long_runs(index):  # a hierarchical head's groups: views, updated in place
+            bounds, lengths, first = _runs(index, steps)
             views = lambda t: list(torch.tensor_split(t, bounds)[1::2])  # noqa: E731
             self._apply(group, views(p), list(torch.split(values, lengths)), {k: views(v) for k, v in tensors.items()},
                         None if steps is None else steps.index_select(0, first))
@@ -130,24 +135,26 @@ class LazyRows(torch.optim.Optimizer):
             state["row_steps"].index_add_(0, index, torch.ones_like(steps))
 
     def _apply(self, group: dict, params: list, grads: list, state: dict, steps: torch.Tensor | None) -> None:
-        """The stock rule on lists of row blocks; `steps`: each block's step count (adam, adamw)."""
-        wd = group["weight_decay"]
-        if wd and self.rule != "adamw":  # L2 folded into the gradient rows in place: no copy of them
-            torch._foreach_add_(grads, params, alpha=wd)
-            wd = 0.0
-        hp = dict(lr=group["lr"], weight_decay=wd, maximize=False)
+        """The stock rule on lists of row blocks; `steps`: each block's step count (adam, adamw).
+        SGD and Adam(W) run PyTorch's fused kernels (one pass over each block, weight decay
+        included); RMSprop, which has none, runs multi-tensor with L2 folded into the gradient."""
+        wd, fused = group["weight_decay"], params[0].device.type in FUSED_DEVICES
+        hp = dict(lr=group["lr"], maximize=False)
         if self.rule == "sgd":
             bufs = state["momentum_buffer"] if group["momentum"] else [None] * len(params)
-            sgd(params, grads, bufs, foreach=True, momentum=group["momentum"], dampening=0.0,
-                nesterov=group["nesterov"], **hp)
+            sgd(params, grads, bufs, foreach=not fused, fused=fused, momentum=group["momentum"], dampening=0.0,
+                nesterov=group["nesterov"], weight_decay=wd, **hp)
         elif self.rule == "rmsprop":
+            if wd:  # in place: the functional rule would copy every gradient block to add it
+                torch._foreach_add_(grads, params, alpha=wd)
             rmsprop(params, grads, state["square_avg"], [], state["momentum_buffer"],
                     [params[0].new_zeros(()) for _ in params], foreach=True, alpha=group["alpha"], eps=group["eps"],
-                    momentum=group["momentum"], centered=False, **hp)
+                    momentum=group["momentum"], centered=False, weight_decay=0.0, **hp)
         else:  # the step tensors are copies: the functional rule advances them, row_steps is advanced per row
             (adam if self.rule == "adam" else adamw)(
                 params, grads, state["exp_avg"], state["exp_avg_sq"], [], list(steps.clone().unbind()),
-                foreach=True, amsgrad=False, beta1=group["momentum"], beta2=group["beta2"], eps=group["eps"], **hp)
+                foreach=not fused, fused=fused, amsgrad=False, beta1=group["momentum"], beta2=group["beta2"],
+                eps=group["eps"], weight_decay=wd, **hp)
 
 
 def _touched_rows(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +167,12 @@ def _touched_rows(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grad = grad.coalesce()
         index = grad._indices()[0]
     return index, grad._values()
+
+
+def _in_long_runs(index: torch.Tensor, min_length: int = 16) -> bool:
+    """Whether sorted `index` is mostly runs of consecutive rows (`min_length` rows a run on average)."""
+    breaks = int((index[1:] != index[:-1] + 1).sum()) if len(index) > 1 else 0
+    return (breaks + 1) * min_length <= len(index)
 
 
 def _runs(index: torch.Tensor, steps: torch.Tensor | None):

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from tuning import train
+from tuning.config import parse_assignment
 
 
 def test_smoke_run_prints_epochs_and_summary(capsys, tmp_path):
@@ -21,6 +22,12 @@ def test_head_options_reach_the_head(capsys):
                        "div_value=2.0"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["config"]["head_cutoffs"] == [10, 50]
+
+
+@pytest.mark.parametrize("text,value", [("dense=true", True), ("dense=False", False), ("act=relu", "relu"),
+                                        ("widths=[32,64]", [32, 64])])
+def test_an_assignment_reads_booleans_as_the_command_line_writes_them(text, value):
+    assert parse_assignment(text) == ("dense" if "dense" in text else text.split("=")[0], value)
 
 
 @pytest.mark.parametrize("argv,message", [

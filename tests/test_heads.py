@@ -147,6 +147,33 @@ def test_sampled_removes_accidental_hits():
     assert head.loss(x, torch.full((5,), 1)).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_sampled_with_batch_negatives_is_the_written_loss_on_a_hand_built_case(dense):
+    torch.manual_seed(0)
+    c, k, d = 10, 3, 4
+    head = heads.create_head("sampled", d, c, num_sampled=k, batch_negatives=True, dense=dense)
+    head.sample = lambda device: torch.tensor([2, 7, 2])  # 2 is also a target: an accidental hit for it
+    x, y = torch.randn(4, d), torch.tensor([2, 5, 5, 9])  # 5 twice: each copy is not the other's negative
+    candidates = torch.cat([y, torch.tensor([2, 7, 2])])
+    correction = math.log(k / c + len(y) / c)  # expected count of a class among the candidates, uniform Q
+    expected = []
+    for i in range(len(y)):
+        keep = [j for j in range(len(candidates)) if j == i or candidates[j] != y[i]]
+        logits = torch.stack([x[i] @ head.fc.weight[candidates[j]] + head.fc.bias[candidates[j]] - correction
+                              for j in keep])
+        expected.append(-torch.log_softmax(logits, 0)[keep.index(i)])
+    assert head.loss(x, y).item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert len([j for j in range(7) if j == 1 or candidates[j] != 5]) == 6  # example 1 drops the other 5 only
+
+
+def test_sampled_batch_negatives_give_row_sparse_gradients_of_the_batch_and_sample_rows():
+    head = heads.create_head("sampled", 4, 50, num_sampled=3, batch_negatives=True)
+    head.sample = lambda device: torch.tensor([40, 41, 42])
+    head.loss(torch.randn(4, 4), torch.tensor([1, 2, 2, 3])).backward()
+    grad = head.fc.weight.grad.coalesce()
+    assert grad.is_sparse and grad.indices()[0].tolist() == [1, 2, 3, 40, 41, 42]
+
+
 def test_gumbel_hard_one_hot_soft_sharpens_with_low_tau():
     head = heads.create_head("gumbel", 8, 50)
     x = torch.randn(64, 8)

@@ -120,7 +120,7 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def parse_assignment(text: str) -> tuple[str, Any]:
     """'key=value' -> (key, value), the value read as a Python literal when it is one; a bare
-    word (relu) stays a string, and [softmax,sampled] is a list of them."""
+    word (relu) stays a string, true/false are booleans, and [softmax,sampled] is a list of them."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"malformed assignment {text!r}: expected KEY=VALUE")
@@ -131,6 +131,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def _literal(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):  # as the boolean flags of the command line take them
+        return raw.lower() == "true"
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):

@@ -198,6 +198,8 @@ class Chained(torch.optim.Optimizer):
     def __init__(self, *optimizers: torch.optim.Optimizer):
         self.optimizers = [o for o in optimizers if o is not None]
         super().__init__([g for o in self.optimizers for g in o.param_groups], {})
+        # The children's defaults, for schedulers that read them (OneCycleLR looks for momentum).
+        self.defaults = {k: v for o in self.optimizers for k, v in o.defaults.items()}
 
     @torch.no_grad()
     def step(self, closure=None):

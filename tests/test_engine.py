@@ -41,7 +41,7 @@ def test_resume_from_state_matches_an_uninterrupted_run(fake_dir, head):
     saved = io.BytesIO()  # serialised at once, as a checkpoint is: state() holds live tensors
     engine.fit(cfg, _split(fake_dir), on_epoch=lambda m, state: torch.save(state(), saved) if m["epoch"] == 1 else None)
     saved.seek(0)
-    resumed = engine.fit(cfg, _split(fake_dir), state=torch.load(saved, weights_only=False)).history
+    resumed = engine.fit(cfg, _split(fake_dir), state=torch.load(saved, weights_only=True)).history  # no pickled code
     assert [h["epoch"] for h in resumed] == [2, 3]
     assert [h["train_loss"] for h in resumed] == [h["train_loss"] for h in full[1:]]
     assert [h["val_acc"] for h in resumed] == [h["val_acc"] for h in full[1:]]

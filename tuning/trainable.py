@@ -25,7 +25,8 @@ def _restore_state() -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+        # Tensors, numbers and containers only: a checkpoint file cannot run code when read.
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def _report(metrics: dict, get_state) -> None:

@@ -5,7 +5,7 @@ rows per step. A dense step still writes a C x d gradient and updates all C x d 
 (momentum, moments, weight decay); at large C that memory traffic, not the multiply-adds,
 is the cost. Here:
 
-- `rows(index, weight)` returns `weight[index]` whose gradient is a sparse COO tensor
+- `rows(index, weight, ...)` returns `weight[index]` whose gradient is a sparse COO tensor
   holding only those rows (what `nn.Embedding(sparse=True)` does, for any tensor, 1-D bias
   included);
 - `LazyRows` applies an optimizer rule to the touched rows only. Its definition:
@@ -66,11 +66,12 @@ class LazyRows(torch.optim.Optimizer):
     """An optimizer rule (`RULES`) applied lazily to the rows of row-sparse gradients (module docstring).
 
     The arithmetic is PyTorch's own (the functional `torch.optim.sgd.sgd`, `adam`, `adamw`,
-    `rmsprop`; fused kernels where PyTorch has them), so a row moves exactly as the stock optimizer
-    would move it. Long
-    runs of consecutive rows (a hierarchical head's groups) are updated in place as views;
-    scattered rows (sampled) are gathered into copies, updated and scattered back. Adam's bias
-    correction counts each row's own steps (runs are split where counts differ).
+    `rmsprop`; fused kernels where PyTorch has them), so a row moves exactly as the stock
+    optimizer would move it. Long runs of consecutive rows (a hierarchical head's groups) are
+    updated in place as views; scattered rows (sampled) are gathered into copies, updated and
+    scattered back. Adam's bias correction counts each row's own steps (runs are split where
+    counts differ). A row moves only on the steps that touch it, so under Adam a rarely touched
+    row learns slower than a dense row at the same lr (README, "sampled").
     Hyperparameters mirror the stock optimizers: sgd(momentum, nesterov), adam/adamw(betas=
     (momentum, beta2), eps), rmsprop(alpha, eps, momentum); `weight_decay` is L2 added to the
     gradient, except for adamw (decoupled). Dense gradients are accepted too (every row touched).

@@ -26,7 +26,7 @@ from common.cli import guard
 from tuning.data import load_dataset
 from tuning.imagefolder import DECLARATION
 
-CHANNEL_ORDERS = [p for p in itertools.permutations(range(3))]  # identity first
+CHANNEL_ORDERS = list(itertools.permutations(range(3)))  # identity first
 
 
 def variants(rotations: int, channel_orders: int) -> list[tuple[int, tuple[int, ...]]]:

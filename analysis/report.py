@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator  # no backend chosen by this import
 
 import heads
 from analysis.compare import adaptive_caveat, at_chance, data_caveat, finished, paired_difference, versus_softmax
-from common.cli import guard
+from common.cli import ArgumentParser, guard
 from common.status import ERROR, FINISHED, PRUNED
 from tuning.experiment import Experiment
 
@@ -396,7 +396,7 @@ def _write(out: Path, md: list[str]) -> Path:
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+    p = ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
     print(f"wrote {build_report(p.parse_args(argv).experiment)}")

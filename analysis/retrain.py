@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from analysis.metrics import classification_metrics
 from analysis.results import to_parquet
-from common.cli import guard
+from common.cli import ArgumentParser, check_cpus, check_gpus, guard
 from common.status import ERROR, FINISHED
 from tuning import data, engine
 from tuning.config import TrainConfig
@@ -109,6 +110,10 @@ def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: 
 
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
     try:
+        resources = ray.cluster_resources()
+        check_cpus(cpus, resources.get("CPU", 0.0), "the cluster", "--cpus-per-task")
+        if gpus:
+            check_gpus(gpus, resources.get("GPU", 0.0), "--gpus-per-task")
         split_ref = ray.put(split)  # the arrays go to the object store once
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(retrain_one)
         pending = {task.remote(j["config"], j["seed"], split_ref, out_dir, j["label"], epochs): j for j in jobs}
@@ -130,7 +135,7 @@ def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: 
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.retrain", description=__doc__,
+    p = ArgumentParser(prog="python -m analysis.retrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="the experiment folder (<storage>/<name>)")
     p.add_argument("--top-k", type=int, default=1, help="configs per (backbone, head)")
@@ -146,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')}={value} must be >= 1")
     exp = Experiment.open(args.experiment)
+    settings = exp.settings
+    cpus = args.cpus_per_task or settings.get("cpus_per_trial", 1.0)
+    if not args.address:  # more than this machine has would wait forever
+        check_gpus(args.gpus_per_task, torch.cuda.device_count(), "--gpus-per-task")
+        check_cpus(cpus, os.cpu_count() or 1, "this machine", "--cpus-per-task")
     chosen = select(exp, args.top_k)
     split = data.full_train_split(exp.load_dataset(args.data_dir))  # all training images are training data
-    settings = exp.settings
     gpus = args.gpus_per_task if args.gpus_per_task is not None else \
         (settings.get("gpus_per_trial", 0.0) if torch.cuda.is_available() else 0.0)
     jobs = [{"config": exp.trial_config(row["path"]), "seed": seed,
@@ -157,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"retraining {len(chosen)} configs x {args.seeds} seeds = {len(jobs)} runs on train+val "
           f"({len(split.y_train)} images); test set: {len(split.y_test)} images, evaluated once per run", flush=True)
     out_dir = exp.analysis_dir
-    rows = run_tasks(jobs, split, out_dir, args.epochs, args.cpus_per_task or settings.get("cpus_per_trial", 1.0),
-                     gpus, args.address)
+    rows = run_tasks(jobs, split, out_dir, args.epochs, cpus, gpus, args.address)
     final = pd.DataFrame(rows)
     to_parquet(final, out_dir / "final.parquet")
     print(f"wrote {out_dir / 'final.parquet'} ({len(final)} rows)")

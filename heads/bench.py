@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import heads
-from common.cli import guard
+from common.cli import ArgumentParser, guard
 from heads.sparse import build_optimizer
 
 OPS = ("train", "log_prob", "predict")
@@ -242,7 +242,7 @@ def _passive_openmp(argv: list[str] | None, device: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", default="100,1000,10000,100000", help="comma-separated C values (1000000 works too)")
     p.add_argument("--dim", type=int, default=512, help="feature dimension d")
     p.add_argument("--batch", type=int, default=256, help="examples per batch")

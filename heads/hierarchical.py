@@ -6,9 +6,11 @@ for balanced groups (minimal at K = sqrt(C)). The tree comes from the dataset (C
 20 superclasses), from a user mapping, or is built balanced: about sqrt(C) contiguous groups.
 
 Grouped, row-sparse computation. The class rows are stored group by group, so each group's
-rows are one contiguous run. Training pads the batch by target group and does one batched
-matmul over the groups present, their weight blocks gathered once (no per-example (B, M, d)
-gather); its gradient holds only the rows of those groups, and the engine's lazy optimizer
+rows are one contiguous run, and consecutive groups of equal size form one (groups, size, d)
+block (one block for CIFAR-100's tree, two for a balanced one). Training pads the batch by
+target group and does one batched matmul per block over its groups present, their weight
+rows gathered once by indexing the block (no per-example (B, M, d) gather, and no padding
+rows to drop from the gradient); its gradient holds only the rows of those groups, and the engine's lazy optimizer
 updates only them (`heads.sparse`: untouched rows keep their momentum and are not decayed
 that step). Greedy predict pads the batch by predicted group the same way. Reading the
 largest group count is one small host sync per step. `dense=True` keeps the same grouped
@@ -56,12 +58,15 @@ def resolve_groups(num_classes: int, hierarchy=None, tree: str = "auto", num_gro
     """Groups as lists of class ids. `hierarchy` is class->group ids or a list of groups."""
     if tree not in TREES:
         raise ValueError(f"tree={tree!r} is not one of {TREES}")
+    if num_groups is not None and not 1 <= num_groups <= num_classes:
+        raise ValueError(f"num_groups={num_groups} must be in [1, num_classes={num_classes}]")
+    if num_groups is not None and hierarchy is not None and tree != "balanced":
+        raise ValueError(f"num_groups={num_groups} sets the balanced tree's size, but this head uses the dataset's "
+                         "hierarchy: add tree='balanced' or drop num_groups")
     if tree == "dataset" and hierarchy is None:
         raise ValueError("tree='dataset' needs a hierarchy, and this dataset has none; use tree='balanced'")
     if tree == "balanced" or hierarchy is None:
-        k = num_groups or max(1, round(math.sqrt(num_classes)))
-        if not 1 <= k <= num_classes:
-            raise ValueError(f"num_groups={k} must be in [1, num_classes={num_classes}]")
+        k = max(1, round(math.sqrt(num_classes))) if num_groups is None else num_groups
         return [g.tolist() for g in np.array_split(np.arange(num_classes), k)]
     first = next(iter(hierarchy))
     if isinstance(first, (list, tuple, np.ndarray)):
@@ -71,16 +76,33 @@ def resolve_groups(num_classes: int, hierarchy=None, tree: str = "auto", num_gro
     return _check_groups(groups, num_classes)
 
 
-def _plan(group: torch.Tensor, members: torch.Tensor, valid: torch.Tensor):
-    """Pad the batch by group: each example's (group slot, position) among the U groups present,
-    the rows of those groups (U, M) and which are real (not padding), and the largest count."""
+def _segments(sizes: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """Maximal runs of consecutive groups of equal size, as (first group, groups, size, first row):
+    a run's rows are one (groups, size, d) block of the weight (one for CIFAR-100's tree, two for
+    a balanced tree)."""
+    out, row = [], 0
+    for g, s in enumerate(sizes.tolist()):
+        if out and out[-1][2] == s:
+            first, count, _, row0 = out[-1]
+            out[-1] = (first, count + 1, s, row0)
+        else:
+            out.append((g, 1, s, row))
+        row += s
+    return out
+
+
+def _plan(group: torch.Tensor, segments, segment_first: torch.Tensor):
+    """Pad the batch by group: each example's (slot, position) among the U groups present (slots in
+    group order), the largest count, and where each segment's groups start among the slots."""
     present, slot, counts = torch.unique(group, return_inverse=True, return_counts=True)
     order = torch.argsort(slot, stable=True)
     first = torch.cumsum(counts, 0) - counts
     pos = torch.empty_like(slot)
     pos[order] = torch.arange(len(slot), device=slot.device) - first[slot[order]]
-    width = int(counts.max())  # the one host sync of a step
-    return slot, pos, width, members[present], valid[present]
+    cuts = torch.searchsorted(present, segment_first)
+    host = torch.cat([counts.max()[None], cuts, cuts.new_tensor([len(present)])]).tolist()  # the step's host sync
+    bounds = [(a, b, seg) for a, b, seg in zip(host[1:-1], host[2:], segments) if b > a]
+    return present, slot, pos, host[0], bounds
 
 
 def _padded(t: torch.Tensor, slot, pos, groups: int, width: int) -> torch.Tensor:
@@ -91,39 +113,56 @@ def _padded(t: torch.Tensor, slot, pos, groups: int, width: int) -> torch.Tensor
 
 
 class _GroupedLogits(torch.autograd.Function):
-    """Each example's logits over its group's classes (B, M), by one batched matmul over the groups
-    present; the weight and bias gradients hold only those groups' rows (row-sparse), or are dense
-    C x d tensors with zeros elsewhere (`dense`). The groups' weight blocks are gathered once."""
+    """Each example's logits over its group's classes (B, M; zeros past the group's size), by one
+    batched matmul per segment of equal-size groups (`_segments`) over the groups present. The
+    weight and bias gradients hold only those groups' rows, in ascending order (row-sparse), or
+    are dense C x d tensors with zeros elsewhere (`dense`). The present groups' weight blocks are
+    gathered once, as a strided view of each segment indexed by group."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, group, members, valid, dense):
-        slot, pos, width, rows, real = _plan(group, members, valid)
+    def forward(ctx, x, weight, bias, group, segments, segment_first, width_out, dense):
+        present, slot, pos, width, bounds = _plan(group, segments, segment_first)
+        xp = _padded(x, slot, pos, len(present), width)  # (U, n, d)
+        logits = x.new_zeros(len(x), width_out)
+        blocks, rows = [], []
         with torch.autocast(x.device.type, enabled=False):
-            w = weight.index_select(0, rows.flatten()).view(*rows.shape, -1).to(x.dtype)  # (U, M, d)
-            xp = _padded(x, slot, pos, len(rows), width)  # (U, n, d)
-            logits = torch.baddbmm(bias[rows].to(x.dtype)[:, None, :], xp, w.transpose(1, 2))  # (U, n, M)
-        ctx.save_for_backward(w, xp, slot, pos, rows, real)
-        ctx.dense, ctx.shapes = dense, (weight.shape, bias.shape)
-        return logits[slot, pos]
+            for a, b, (first, count, size, row0) in bounds:
+                local = present[a:b] - first
+                w = weight[row0:row0 + count * size].view(count, size, -1)[local].to(x.dtype)  # (U_s, size, d)
+                bs = bias[row0:row0 + count * size].view(count, size)[local].to(x.dtype)
+                out = torch.baddbmm(bs[:, None, :], xp[a:b], w.transpose(1, 2))  # (U_s, n, size)
+                mine = (slot >= a) & (slot < b)
+                logits[mine, :size] = out[slot[mine] - a, pos[mine]]
+                blocks.append(w)
+                rows.append((row0 + local[:, None] * size + torch.arange(size, device=x.device)).flatten())
+        ctx.save_for_backward(xp, slot, pos, torch.cat(rows), *blocks)
+        ctx.bounds, ctx.dense, ctx.shapes = bounds, dense, (weight.shape, bias.shape)
+        return logits
 
     @staticmethod
     def backward(ctx, grad):
-        w, xp, slot, pos, rows, real = ctx.saved_tensors
-        (w_shape, b_shape), d = ctx.shapes, w.shape[-1]
-        gp = _padded(grad.to(w.dtype), slot, pos, len(rows), xp.shape[1])  # (U, n, M)
-        grad_x = torch.bmm(gp, w)[slot, pos]
-        gw = torch.bmm(gp.transpose(1, 2), xp).view(-1, d)  # (U*M, d): rows of the groups present
-        gb, index = gp.sum(1).flatten(), rows.flatten()
-        if not bool(real.all()):  # drop the padding slots of smaller groups
-            keep = real.flatten()
-            gw, gb, index = gw[keep], gb[keep], index[keep]
+        xp, slot, pos, index, *blocks = ctx.saved_tensors
+        w_shape, b_shape = ctx.shapes
+        grad = grad.to(xp.dtype)
+        grad_x = torch.empty((len(grad), xp.shape[-1]), dtype=xp.dtype, device=xp.device)
+        gw = torch.empty((len(index), xp.shape[-1]), dtype=xp.dtype, device=xp.device)
+        gb, row = torch.empty(len(index), dtype=xp.dtype, device=xp.device), 0
+        for (a, b, (_, _, size, _)), w in zip(ctx.bounds, blocks):
+            mine = (slot >= a) & (slot < b)
+            gp = _padded(grad[mine, :size], slot[mine] - a, pos[mine], b - a, xp.shape[1])  # (U_s, n, size)
+            grad_x[mine] = torch.bmm(gp, w)[slot[mine] - a, pos[mine]]
+            n = (b - a) * size
+            # gp^T made contiguous: bmm on the transposed view is 3x slower on CPU
+            torch.bmm(gp.transpose(1, 2).contiguous(), xp[a:b], out=gw[row:row + n].view(b - a, size, -1))
+            gb[row:row + n] = gp.sum(1).flatten()
+            row += n
         if ctx.dense:
             gw = torch.zeros(w_shape, dtype=gw.dtype, device=gw.device).index_copy_(0, index, gw)
             gb = torch.zeros(b_shape, dtype=gb.dtype, device=gb.device).index_copy_(0, index, gb)
-        else:  # groups in ascending order, rows ascending within: already coalesced
-            gw = sparse_grad(index, gw.float() if w.dtype != torch.float32 else gw, w_shape, coalesced=True)
-            gb = sparse_grad(index, gb, b_shape, coalesced=True)
-        return grad_x, gw, gb, None, None, None, None
+        else:  # segments and groups in ascending order, rows ascending within: already coalesced
+            gw = sparse_grad(index, gw.float() if gw.dtype != torch.float32 else gw, w_shape, coalesced=True)
+            gb = sparse_grad(index, gb.float() if gb.dtype != torch.float32 else gb, b_shape, coalesced=True)
+        return grad_x, gw, gb, None, None, None, None, None
 
 
 @register_head(name="hierarchical")
@@ -161,6 +200,8 @@ class HierarchicalHead(Head):
         buffers = {"order": order, "rank": torch.argsort(order), "group_of_row": group_of_row,
                    "group_of": group_of_row[torch.argsort(order)], "offset": offset, "members": members,
                    "valid": slot[None, :] < size[:, None]}
+        self.segments = _segments(size)
+        buffers["segment_first"] = torch.tensor([first for first, *_ in self.segments])
         for name, t in buffers.items():
             self.register_buffer(name, t, persistent=False)
         self.group_fc = nn.Linear(in_features, len(groups))
@@ -183,8 +224,8 @@ class HierarchicalHead(Head):
 
     def _within_group(self, features: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         """Log p(class | group) over each row's group slots (B, M); padding is -inf."""
-        logits = _GroupedLogits.apply(features, self.class_weight, self.class_bias, group, self.members,
-                                      self.valid, self.dense)
+        logits = _GroupedLogits.apply(features, self.class_weight, self.class_bias, group, self.segments,
+                                      self.segment_first, self.valid.shape[1], self.dense)
         return F.log_softmax(logits.float().masked_fill(~self.valid[group], float("-inf")), dim=1)
 
     def loss(self, features, target):
@@ -211,8 +252,8 @@ class HierarchicalHead(Head):
         if exact if exact is not None else self.predict_mode == "exact":
             return self.log_prob(features).argmax(dim=1)
         group = self.group_fc(features).argmax(dim=1)
-        logits = _GroupedLogits.apply(features, self.class_weight, self.class_bias, group, self.members,
-                                      self.valid, True)
+        logits = _GroupedLogits.apply(features, self.class_weight, self.class_bias, group, self.segments,
+                                      self.segment_first, self.valid.shape[1], True)
         pos = logits.float().masked_fill(~self.valid[group], float("-inf")).argmax(dim=1)
         return self.order[self.offset[group] + pos]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import heads
-from common.cli import guard
+from common.cli import ArgumentParser, guard
 from heads.sparse import build_optimizer
 
 OPTIMIZERS = {"sgd": lambda g, lr: torch.optim.SGD(g, lr=lr, momentum=0.9, nesterov=True),
@@ -76,7 +76,7 @@ def nearest_centre_acc(data) -> float:
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", default="1000,10000")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--per-class", type=int, default=20, help="training examples per class")

@@ -49,7 +49,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
 
     path = tmp_path / "evil"
     path.write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load global .*system"):
+    with pytest.raises(data.CorruptDataError, match=f"{path}: .*refusing to load global .*system"):
         data.safe_unpickle(path)
     assert not (tmp_path / "pwned").exists()
 

@@ -26,7 +26,8 @@ LAYERS = (
     ("heads", 1, ("heads",)),
     ("core", 2, ("tuning",)),
     ("spaces", 3, ("search_spaces",)),
-    ("ray side", 4, ("tuning.trainable", "tuning.optuna_pruned", "tuning.experiment", "tuning.search")),
+    ("ray side", 4, ("tuning.trainable", "tuning.optuna_pruned", "tuning.callbacks", "tuning.experiment",
+                      "tuning.search")),
     ("analysis", 5, ("analysis",)),
 )
 HEAVY = {"torch", "torchvision", "timm", "ray", "optuna", "matplotlib", "pandas", "sklearn", "pyarrow", "scipy"}

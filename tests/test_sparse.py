@@ -211,3 +211,12 @@ def test_learnability_cli_trains_every_named_head_and_writes_the_table(tmp_path)
     df = pd.read_csv(tmp_path / "learnability.csv").set_index("head")
     assert list(df.index) == ["softmax", "sampled", "sampled[dense]"]
     assert df.loc["softmax", "predict_acc"] > 0.8 and (df.steps == 10 * (600 // 32)).all()
+
+
+def test_groups_of_equal_size_side_by_side_form_one_block():
+    from heads.hierarchical import _segments
+    # (first group, groups, size, first row): a balanced tree of 10 classes in 4 groups is 3,3,2,2
+    assert _segments(torch.tensor([3, 3, 2, 2])) == [(0, 2, 3, 0), (2, 2, 2, 6)]
+    assert _segments(torch.tensor([2, 5, 2])) == [(0, 1, 2, 0), (1, 1, 5, 2), (2, 1, 2, 7)]
+    head = heads.create_head("hierarchical", 4, 10, tree="balanced", num_groups=4)
+    assert head.segments == [(0, 2, 3, 0), (2, 2, 2, 6)]

@@ -18,7 +18,7 @@ import torch
 
 import heads
 import models
-from common.cli import guard
+from common.cli import ArgumentParser, guard
 from tuning import data
 from tuning.engine import resolve_device
 from tuning.loader import DeviceLoader, channel_stats
@@ -90,7 +90,7 @@ def torchvision_loader(x: np.ndarray, y: np.ndarray, batch_size: int, workers: i
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized to this (pixels)")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.steps < 1:
-        p.error(f"--batch-size ({args.batch_size}) and --steps ({args.steps}) must be >= 1")
+        raise ValueError(f"--batch-size={args.batch_size} and --steps={args.steps} must be >= 1")
     device = resolve_device(args.device)
     ds = data.load_dataset(args.dataset, args.data_dir, download=False, image_size=args.image_size)
     stats = channel_stats(ds.x_train)

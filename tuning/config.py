@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,10 @@ class TrainConfig:
         _check(0 < self.step_gamma <= 1, "step_gamma", self.step_gamma, "in (0, 1]")
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
         _check(self.train_limit is None or self.train_limit >= 1, "train_limit", self.train_limit, ">= 1 or None")
+        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device", self.device,
+               "auto, cpu, cuda or cuda:N")
+        _check(not self.dataset.startswith("imagefolder") or re.fullmatch(r"imagefolder:.+", self.dataset) is not None,
+               "dataset", self.dataset, "imagefolder:PATH, with the folder that holds train/ and test/")
         models.MODELS.check(self.arch, self.model_kwargs, f"model {self.arch!r} (keys model_*)")
         heads.HEADS.check(self.head, self.head_kwargs, f"head {self.head!r} (keys head_*)")
 

@@ -8,11 +8,13 @@ Pickles are read with a restricted unpickler: a crafted file cannot run code.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import json
 import pickle
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +52,30 @@ FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
 
 class DataNotFoundError(FileNotFoundError):
     """The dataset's files are absent and could not be downloaded."""
+
+
+class CorruptDataError(ValueError):
+    """A dataset file is there but cannot be what it should be: the message names the file."""
+
+
+@contextlib.contextmanager
+def reading(path: Path, what: str):
+    """Any failure while reading `path` as `what` becomes one CorruptDataError naming the file."""
+    try:
+        yield
+    except (CorruptDataError, DataNotFoundError):
+        raise
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, zlib.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise CorruptDataError(f"{path}: not a readable {what} ({type(exc).__name__}: {reason}); "
+                               "replace it with the official file") from None
+
+
+def check_labels(path: Path, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    if len(x) != len(y):
+        raise CorruptDataError(f"{path}: {len(x)} images but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise CorruptDataError(f"{path}: labels must be in [0, {num_classes}); found {y.min()}..{y.max()}")
 
 
 @dataclass
@@ -99,8 +125,11 @@ class Split:
 def load_dataset(name: str, data_dir: str | Path, download: bool = True, image_size: int = 32) -> Dataset:
     """`cifar100`, `cifar10`, `fashion_mnist` or `imagefolder:PATH` (PATH has train/ and test/;
     its images are resized to `image_size`)."""
-    if name.startswith("imagefolder:"):
-        return DATASETS.get("imagefolder")(Path(name.split(":", 1)[1]), image_size=image_size)
+    if name.startswith("imagefolder"):
+        folder = name.split(":", 1)[1] if ":" in name else ""
+        if not folder:
+            raise ValueError(f"dataset={name!r} needs its folder: imagefolder:PATH (PATH holds train/ and test/)")
+        return DATASETS.get("imagefolder")(Path(folder).expanduser(), image_size=image_size)
     entry = DATASETS.get(name)
     if (Path(data_dir) / "train").is_dir() and any(p.is_dir() for p in (Path(data_dir) / "train").iterdir()):
         raise DataNotFoundError(f"--data-dir {data_dir} looks like an ImageFolder (train/<class>/...), not the "
@@ -172,6 +201,9 @@ def split_train_val(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
         raise ValueError(f"val_fraction={val_fraction} of {len(idx)} training images is {n_val} images, fewer than "
                          f"the {ds.num_classes} classes: a stratified validation split needs one per class; raise "
                          "val_fraction or add images")
+    if train_limit is not None and train_limit < ds.num_classes:
+        raise ValueError(f"train_limit={train_limit} is fewer than the {ds.num_classes} classes: a stratified subset "
+                         "needs one image per class")
     tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=ds.y_train)
     if train_limit is not None and train_limit < len(tr):
         tr, _ = train_test_split(tr, train_size=train_limit, random_state=seed, stratify=ds.y_train[tr])
@@ -208,8 +240,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return _RestrictedUnpickler(f, encoding="bytes").load()
+    with reading(path, "pickle of numpy arrays"), open(path, "rb") as f:
+        d = _RestrictedUnpickler(f, encoding="bytes").load()
+    if not isinstance(d, dict):
+        raise CorruptDataError(f"{path}: holds a {type(d).__name__}, not the dict of the official file")
+    return d
 
 
 # ---------------------------------------------------------------- downloading
@@ -243,12 +278,21 @@ def _ensure(files: list[Path], what: str, fetch, download: bool) -> None:
 
 
 # ---------------------------------------------------------------- readers
-def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read_cifar_batch(path: Path, label_key: bytes,
+                      num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     d = safe_unpickle(path)
-    x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    y = np.asarray(d[label_key], dtype=np.int64)
-    coarse = np.asarray(d[b"coarse_labels"], dtype=np.int64) if b"coarse_labels" in d else None
+    with reading(path, f"CIFAR batch (keys data, {label_key.decode()})"):
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[label_key], dtype=np.int64)
+        coarse = np.asarray(d[b"coarse_labels"], dtype=np.int64) if b"coarse_labels" in d else None
+    check_labels(path, x, y, num_classes)
     return x, y, coarse
+
+
+def _meta_names(path: Path, key: bytes) -> list[str]:
+    d = safe_unpickle(path)
+    with reading(path, f"CIFAR meta file (key {key.decode()})"):
+        return _names(d[key])
 
 
 def _names(values) -> list[str]:
@@ -260,15 +304,16 @@ def cifar100(data_dir: Path, download: bool = True) -> Dataset:
     root = data_dir / "cifar-100-python"
     files = [root / "train", root / "test", root / "meta"]
     _ensure(files, "CIFAR-100", lambda: _fetch(*_CIFAR100_URL, data_dir, extract=True), download)
-    x_tr, y_tr, c_tr = _read_cifar_batch(root / "train", b"fine_labels")
-    x_te, y_te, _ = _read_cifar_batch(root / "test", b"fine_labels")
-    meta = safe_unpickle(root / "meta")
-    classes = _names(meta[b"fine_label_names"])
+    classes = _meta_names(root / "meta", b"fine_label_names")
+    x_tr, y_tr, c_tr = _read_cifar_batch(root / "train", b"fine_labels", len(classes))
+    x_te, y_te, _ = _read_cifar_batch(root / "test", b"fine_labels", len(classes))
+    if c_tr is None:
+        raise CorruptDataError(f"{root / 'train'}: no coarse_labels, which the official CIFAR-100 file has")
     # Every fine class sits in exactly one superclass; read the map off the training labels.
     class_to_group = np.full(len(classes), -1, dtype=np.int64)
     class_to_group[y_tr] = c_tr
     return Dataset("cifar100", x_tr, y_tr, x_te, y_te, classes, class_to_group,
-                   _names(meta[b"coarse_label_names"]))
+                   _meta_names(root / "meta", b"coarse_label_names"))
 
 
 @register_dataset
@@ -277,22 +322,23 @@ def cifar10(data_dir: Path, download: bool = True) -> Dataset:
     train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
     _ensure(train_files + [root / "test_batch", root / "batches.meta"], "CIFAR-10",
             lambda: _fetch(*_CIFAR10_URL, data_dir, extract=True), download)
-    parts = [_read_cifar_batch(f, b"labels") for f in train_files]
-    x_te, y_te, _ = _read_cifar_batch(root / "test_batch", b"labels")
-    classes = _names(safe_unpickle(root / "batches.meta")[b"label_names"])
+    classes = _meta_names(root / "batches.meta", b"label_names")
+    parts = [_read_cifar_batch(f, b"labels", len(classes)) for f in train_files]
+    x_te, y_te, _ = _read_cifar_batch(root / "test_batch", b"labels", len(classes))
     return Dataset("cifar10", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                    x_te, y_te, classes)
 
 
 def _read_idx(path: Path) -> np.ndarray:
     """An idx file (gzip): magic (0, 0, dtype 0x08 = uint8, ndim), big-endian dims, data."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    if raw[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{path} is not a uint8 idx file (magic {raw[:4]!r})")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    with reading(path, "gzipped idx file"):
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+        if raw[:3] != b"\x00\x00\x08":
+            raise CorruptDataError(f"{path} is not a uint8 idx file (magic {raw[:4]!r})")
+        ndim = raw[3]
+        dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 @register_dataset
@@ -308,6 +354,8 @@ def fashion_mnist(data_dir: Path, download: bool = True) -> Dataset:
     x_te = _read_idx(root / "t10k-images-idx3-ubyte.gz")[:, None]
     y_tr = _read_idx(root / "train-labels-idx1-ubyte.gz").astype(np.int64)
     y_te = _read_idx(root / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+    check_labels(root / "train-labels-idx1-ubyte.gz", x_tr, y_tr, len(FASHION_CLASSES))
+    check_labels(root / "t10k-labels-idx1-ubyte.gz", x_te, y_te, len(FASHION_CLASSES))
     return Dataset("fashion_mnist", x_tr, y_tr, x_te, y_te, list(FASHION_CLASSES))
 
 

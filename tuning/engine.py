@@ -125,6 +125,9 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
 
 
 def _build_run(cfg: TrainConfig, split: Split) -> _Run:
+    if cfg.batch_size > len(split.y_train):  # not the batch asked for, and images/s would count it anyway
+        raise ValueError(f"batch_size={cfg.batch_size} is more than the {len(split.y_train)} training images: "
+                         "not one full batch per epoch")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, split.dataset).to(device)

@@ -15,6 +15,7 @@ The search, `analysis.load/best`, the retrain and the report all go through this
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +37,47 @@ RESULT_COLUMNS = ("trial_id", "status", "epochs_run", "path", "best_epoch", "epo
 
 class NotAnExperimentError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class RayTrial:
+    """One trial as Ray Tune's experiment state lists it: plain JSON fields only."""
+    trial_id: str
+    status: str  # Ray's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR
+    config: dict
+    last_result: dict
+    relative: str  # its folder, relative to the experiment
+    exp: "Experiment"
+
+    @classmethod
+    def of(cls, trial: dict, meta: dict, exp: "Experiment") -> "RayTrial":
+        def plain(v):  # a field Ray could not write as JSON is a {"_type": "CLOUDPICKLE_FALLBACK"} blob
+            return {} if not isinstance(v, dict) or "_type" in v else v
+
+        return cls(str(trial["trial_id"]), str(trial["status"]), plain(trial["config"]), plain(meta.get("last_result")),
+                   str(trial["relative_logdir"]), exp)
+
+    @property
+    def path(self) -> str:
+        return f"{self.exp.uri}/{self.relative}"
+
+    def frame(self):
+        """Its progress.csv (one row per reported epoch), or None before the first report."""
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(io.BytesIO(self.exp._read(f"{self.relative}/progress.csv")))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        return frame if "val_acc" in frame else None
+
+    def error(self) -> str | None:
+        """The last line of the error Ray wrote (error.txt; its error.pkl is never read)."""
+        try:
+            lines = self.exp._read(f"{self.relative}/error.txt").decode(errors="replace").strip().splitlines()
+        except (FileNotFoundError, OSError):
+            return None
+        return lines[-1] if lines else None
 
 
 @dataclass(frozen=True)
@@ -162,6 +204,22 @@ class Experiment:
             raise NotAnExperimentError(f"{self.uri}: its Optuna journal {self.journal} holds no study")
         return optuna.load_study(study_name=name or names[0], storage=self.journal_storage())
 
+    def fail_orphans(self) -> int:
+        """Mark FAIL, with the reason, every Optuna trial still RUNNING once the search has ended:
+        a trial the driver asked for and Ray never finished (the driver was killed after starting it
+        and before Ray's next snapshot; the resumed search proposes anew). Returns how many."""
+        from optuna.trial import TrialState
+
+        storage, n = self.journal_storage(), 0
+        for name in self.study_names():
+            study = storage.get_study_id_from_name(name)
+            for trial in storage.get_all_trials(study, deepcopy=False, states=(TrialState.RUNNING,)):
+                storage.set_trial_system_attr(trial._trial_id, "fail_reason", "orphaned: its driver was killed "
+                                              "before Ray recorded the trial; not a result")
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                n += 1
+        return n
+
     def sync_journal(self) -> None:
         """URI storage: copy the driver's journal into the experiment, so it travels with it."""
         if self.is_uri and (self.local / JOURNAL_FILE).exists():
@@ -178,22 +236,39 @@ class Experiment:
                              self.settings.get("fake_data", False))
 
     # ------------------------------------------------------------------ trials
-    @cached_property
-    def _analysis(self):
-        """Ray Tune's reading of every trial's results, once per Experiment object (the report asks
-        for trials and history; a new object reads anew, e.g. after a search has run)."""
-        from ray.tune import ExperimentAnalysis
+    def _read(self, relative: str) -> bytes:
+        fs, path = self._fs()
+        with fs.open_input_stream(f"{path}/{relative}") as f:
+            return f.read()
 
-        return ExperimentAnalysis(self.uri)
+    @cached_property
+    def _ray_trials(self) -> list[RayTrial]:
+        """Ray Tune's trials, read once per Experiment object from the newest experiment_state-*.json
+        as JSON only, and each trial's progress.csv. The state file's pickled fields (cloudpickle
+        blobs) are never decoded, so a crafted experiment folder cannot run code here (README,
+        "Trust"). Trial folders the state does not list (started after Ray's last snapshot, then
+        killed) are not trials."""
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(path))
+                       if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
+        if not names:
+            return []
+        try:  # the names end in the run's start time: the last is the newest run (a resume)
+            state = json.loads(self._read(names[-1]))
+            entries = [[json.loads(part) if isinstance(part, str) else part for part in entry]
+                       for entry in state["trial_data"]]
+            return [RayTrial.of(trial, meta, self) for trial, meta in entries]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NotAnExperimentError(f"{self.uri}/{names[-1]}: not a Ray Tune experiment state ({exc!r})") from None
 
     def trials(self):
         """One row per trial: trial_id, every config key as a column, status, epochs_run, the best
         epoch's validation metrics (by the search's metric), the last epoch's, time."""
         import pandas as pd
 
-        analysis = self._analysis
-        frames = analysis.trial_dataframes
-        rows = [self._trial_row(t, frames.get(t.trial_id)) for t in analysis.trials]
+        rows = [self._trial_row(t, t.frame()) for t in self._ray_trials]
         return pd.DataFrame(rows).sort_values("trial_id", ignore_index=True) if rows else pd.DataFrame()
 
     def _trial_row(self, trial, frame) -> dict:
@@ -210,9 +285,7 @@ class Experiment:
             row.update({f"last_{m}": frame[m].iloc[-1] for m in METRICS if m in frame})
             row.update(epoch_time_s=frame["epoch_time_s"].mean(), images_per_s=frame["images_per_s"].mean(),
                        time_total_s=frame["epoch_time_s"].sum())
-        error_file = Path(trial.path) / "error.txt"
-        row["error"] = error_file.read_text().strip().splitlines()[-1] if row["status"] == ERROR and \
-            error_file.exists() else None
+        row["error"] = trial.error() if row["status"] == ERROR else None
         return row
 
     def _best_epoch(self, frame):
@@ -226,11 +299,10 @@ class Experiment:
         """One row per trial-epoch: trial_id, arch, head and the metrics reported that epoch."""
         import pandas as pd
 
-        analysis = self._analysis
         parts = []
-        for trial in analysis.trials:
-            frame = analysis.trial_dataframes.get(trial.trial_id)
-            if frame is None or "epoch" not in getattr(frame, "columns", []):
+        for trial in self._ray_trials:
+            frame = trial.frame()
+            if frame is None or "epoch" not in frame:
                 continue
             keep = [c for c in ("epoch", *METRICS, "epoch_time_s", "images_per_s", "lr") if c in frame]
             part = frame[keep].copy()

@@ -54,8 +54,11 @@ def layout(part: Path) -> tuple[list[str], list[str] | None, list[int] | None, l
 def _decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ImageFolderError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 def _cache_file(samples: list[tuple[Path, int]], size: int) -> Path:
@@ -110,6 +113,7 @@ def read(root: Path, image_size: int) -> dict:
     """Arrays (N, C, H, W), labels, names and the declared defaults of the ImageFolder at `root`."""
     if image_size < 4:
         raise ImageFolderError(f"image_size={image_size} must be >= 4 pixels")
+    declared = declared_defaults(root)  # a bad declaration fails before any image is decoded
     parts = {}
     for part in ("train", "test"):
         if not (root / part).is_dir():
@@ -120,8 +124,14 @@ def read(root: Path, image_size: int) -> dict:
             raise ImageFolderError(f"imagefolder:{root}/{part} holds no images ({', '.join(EXTENSIONS)})")
     (classes, groups, c2g, train), (test_classes, _, _, test) = parts["train"], parts["test"]
     if classes != test_classes:
-        raise ImageFolderError(f"imagefolder:{root}: train classes {classes[:10]}... differ from test classes "
-                               f"{test_classes[:10]}...")
+        def few(names):
+            return f"{names[:5]}{f' and {len(names) - 5} more' if len(names) > 5 else ''}"
+
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        raise ImageFolderError(f"imagefolder:{root}: train/ and test/ must hold the same classes; only in train/: "
+                               f"{few(only_train)}, only in test/: {few(only_test)}"
+                               + ("" if only_train or only_test else " (same names, other groups)"))
     x_tr = decode_all(train, image_size, f"imagefolder:{root} train")
     x_te = decode_all(test, image_size, f"imagefolder:{root} test")
     gray = all((x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all() for x in (x_tr, x_te))
@@ -133,4 +143,4 @@ def read(root: Path, image_size: int) -> dict:
     return {"x_train": nchw(x_tr), "y_train": np.array([s[1] for s in train], np.int64),
             "x_test": nchw(x_te), "y_test": np.array([s[1] for s in test], np.int64), "classes": classes,
             "groups": groups, "class_to_group": None if c2g is None else np.array(c2g),
-            "augment": declared_defaults(root)}
+            "augment": declared}

@@ -11,7 +11,8 @@ journal) whose first trial is the family's known-good recipe, and its own ASHA; 
 run in one Ray Tune experiment. `--budget joint`: one study and one ASHA over all pairs, for
 the best model overall rather than a comparison. ASHA-stopped trials reach Optuna as PRUNED;
 every trial gets the dataset from the object store (loaded once by the driver) and
-checkpoints each epoch. Writes spec.json; exits 1 when every trial failed, 2 on bad input.
+checkpoints each epoch. Writes spec.json; exit codes: 0 done, 1 no trial finished (all failed or
+diverged), 2 bad input, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -28,17 +29,17 @@ from pathlib import Path
 import numpy as np
 
 import search_spaces
-from common.cli import guard
-from common.status import ERROR, FINISHED
+from common.cli import ArgumentParser, NOTHING_USABLE, check_cpus, check_gpus, guard
+from common.status import DIVERGED, ERROR, FINISHED, RUNNING
 from search_spaces._registry import DataInfo, Pair, Space, define_by_run, sample_config
 from search_spaces.spaces import baseline
 from tuning import data
 from tuning.config import TrainConfig, parse_assignment
-from tuning.experiment import Experiment, config_columns
+from tuning.experiment import METRICS, Experiment, config_columns
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__,
+    p = ArgumentParser(prog="python -m tuning.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", required=True, help=f"one of: {', '.join(search_spaces.list_spaces())}")
     p.add_argument("--num-samples", type=int, help="trials in all, not per pair (default: the space's); with "
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a space constant or search setting, e.g. epochs=10 grace_period=3; a searched "
                         "parameter so set is no longer searched; arch=NAME / head=[a,b] restrict the pairs "
                         "(repeatable)")
+    p.add_argument("--keep-best-weights", action="store_true",
+                   help="keep the final checkpoint of the best trial of each (arch, head) pair; by default a "
+                        "trial's checkpoints are removed when it ends (its metrics stay)")
     p.add_argument("--data-dir", default="data", help="folder with the official dataset files")
     p.add_argument("--dry-run", type=int, nargs="?", const=5, metavar="N",
                    help="print the resolved spec, the pairs and each pair's first N configs (default 5); train "
@@ -83,7 +87,7 @@ def resolve_space(args: argparse.Namespace) -> Space:
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
     space = search_spaces.get_space(args.space).with_overrides(overrides)
-    check_settings(space.resolved_settings())
+    check_settings(space.resolved_settings(), space.max_epochs)
     if args.budget == "pairs" and space.resolved_settings()["num_samples"] < len(space.pairs()):
         raise ValueError(f"num_samples={space.resolved_settings()['num_samples']} leaves some of the "
                          f"{len(space.pairs())} (arch, head) pairs without a trial: give at least "
@@ -91,10 +95,15 @@ def resolve_space(args: argparse.Namespace) -> Space:
     return space
 
 
-def check_settings(s: dict) -> None:
+def check_settings(s: dict, max_epochs: int) -> None:
     for key in ("num_samples", "max_concurrent", "grace_period", "reduction_factor"):
-        if not isinstance(s[key], int) or s[key] < 1:
+        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1:
             raise ValueError(f"{key}={s[key]!r} must be an integer >= 1")
+    if 1 <= max_epochs < s["grace_period"]:  # (epochs < 1 is the config's own error)
+        raise ValueError(f"grace_period={s['grace_period']} is more than the {max_epochs} epochs a trial runs: ASHA "
+                         f"could never stop a trial; set grace_period <= epochs")
+    if s["metric"] not in METRICS:
+        raise ValueError(f"metric={s['metric']!r} is not one of the reported metrics {list(METRICS)}")
     if s["reduction_factor"] < 2:
         raise ValueError(f"reduction_factor={s['reduction_factor']} must be >= 2")
     if s["cpus_per_trial"] <= 0:
@@ -105,15 +114,9 @@ def check_settings(s: dict) -> None:
         raise ValueError(f"mode={s['mode']!r} must be 'max' or 'min'")
 
 
-def check_gpus(requested: float | None, available: float) -> float:
-    """GPUs per trial: the explicit request must be in (0, available]; otherwise 0 without GPUs."""
-    if requested is None:
-        return 0.0
-    if requested <= 0:
-        raise ValueError(f"--gpus-per-trial={requested} must be > 0")
-    if requested > available:
-        raise ValueError(f"--gpus-per-trial={requested} is more than this machine has ({available:g} GPUs)")
-    return requested
+def check_storage(storage: str) -> None:
+    if "://" not in storage and Path(storage).expanduser().exists() and not Path(storage).expanduser().is_dir():
+        raise ValueError(f"--storage {storage} is a file; it must be a folder (made if missing) or a URI")
 
 
 def study_labels(space: Space, budget: str) -> dict[str, Pair | None]:
@@ -223,13 +226,15 @@ def make_trainable(space: Space, split: data.Split, gpus: float):
                                {"cpu": s["cpus_per_trial"], "gpu": gpus})
 
 
-def make_tuner(space: Space, trainable, exp: Experiment, info: DataInfo, seed: int, budget: str):
+def make_tuner(space: Space, trainable, exp: Experiment, info: DataInfo, seed: int, budget: str,
+               keep_best: bool = False):
     """A new search. (A resumed one is Tuner.restore: building searchers here would enqueue the
     recipes into the existing studies again.)"""
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
+    from tuning.callbacks import EndedTrialCheckpoints
     from tuning.pairs import PerPairASHA
 
     s = space.resolved_settings()
@@ -237,7 +242,8 @@ def make_tuner(space: Space, trainable, exp: Experiment, info: DataInfo, seed: i
                              grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
     scheduler = PerPairASHA(asha) if budget == "pairs" else asha()
     run_config = tune.RunConfig(
-        name=exp.name, storage_path=exp.storage, callbacks=[TBXLoggerCallback()],
+        name=exp.name, storage_path=exp.storage,
+        callbacks=[TBXLoggerCallback(), EndedTrialCheckpoints(s["metric"], s["mode"], keep_best)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]))
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, exp, info, seed, budget), scheduler=scheduler,
@@ -247,8 +253,11 @@ def make_tuner(space: Space, trainable, exp: Experiment, info: DataInfo, seed: i
 
 
 def run_search(args: argparse.Namespace) -> int:
+    if args.dry_run is not None and args.dry_run < 1:
+        raise ValueError(f"--dry-run={args.dry_run} must be >= 1 (configs to preview per study)")
+    check_storage(args.storage)
     space = resolve_space(args)
-    exp = Experiment.at(args.storage, args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    exp = Experiment.at(os.path.expanduser(args.storage), args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     ds = load_dataset(space, args.data_dir)  # the classes, hierarchy and image size come from the data
     info = DataInfo.of(ds)
     labels = study_labels(space, args.budget)
@@ -266,8 +275,9 @@ def run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--resume: no experiment at {exp.uri}; give the --name of an existing one")
     if not args.resume and exp.exists():
         raise ValueError(f"experiment {exp.uri} exists: pass --resume to continue it or choose another --name")
-    if not args.address:
-        check_gpus(args.gpus_per_trial, _local_gpus())  # fail fast, before Ray starts
+    if not args.address:  # fail fast, before Ray starts
+        check_gpus(args.gpus_per_trial, _local_gpus())
+        check_cpus(space.resolved_settings()["cpus_per_trial"], os.cpu_count() or 1, "this machine")
     exp.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         exp.write_spec(spec)
@@ -289,6 +299,7 @@ def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int
     try:
         available = ray.cluster_resources().get("GPU", 0.0)
         gpus = check_gpus(args.gpus_per_trial, available)
+        check_cpus(space.resolved_settings()["cpus_per_trial"], ray.cluster_resources().get("CPU", 0.0), "the cluster")
         if args.gpus_per_trial is None and available:
             gpus = space.resolved_settings()["gpus_per_trial"]
         if getattr(context, "dashboard_url", None):
@@ -300,22 +311,31 @@ def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int
             tuner = tune.Tuner.restore(exp.uri, trainable=trainable, resume_errored=True)
         else:
             tuner = make_tuner(space, trainable, exp, DataInfo.of(split.dataset), args.seed,
-                               exp.spec.get("budget", args.budget))
+                               exp.spec.get("budget", args.budget), args.keep_best_weights)
         tuner.fit()
+        orphans = exp.fail_orphans()
+        if orphans:
+            print(f"{orphans} Optuna trial(s) left RUNNING by a killed driver marked FAIL (not results)")
         exp.sync_journal()
         return summarize(exp)
     finally:
         ray.shutdown()
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
 def summarize(exp: Experiment) -> int:
-    """The end-of-run summary: trial counts and the best trial per (backbone, head), diverged and
-    failed trials left out (their scores mislead); exit 1 when every trial failed."""
+    """The end-of-run summary: trial counts by status and the best trial per (backbone, head),
+    diverged and failed trials left out (their scores mislead); exit 1 when none finished."""
     import pandas as pd
 
     trials = exp.trials()
     failed = trials[trials["status"] == ERROR] if len(trials) else trials
-    print(f"\n{len(trials)} trials, {len(failed)} failed")
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    print(f"\n{len(trials)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in (*FINISHED, DIVERGED, ERROR))
+          + (f", {counts[RUNNING]} not finished" if counts.get(RUNNING) else ""))
     if len(trials):
         counts = trials.groupby(["arch", "head"]).size()
         print(f"trials per (backbone, head) ({exp.spec.get('budget', 'joint')} budget): "
@@ -326,12 +346,17 @@ def summarize(exp: Experiment) -> int:
                     and trials[c].astype(str).nunique() > 1]
         best = best[["arch", "head", f"best_{exp.settings.get('metric', 'val_acc')}", "epochs_run", "trial_id"]
                     + searched]
+    if "path" in trials and not exp.is_uri:
+        sizes = [folder_bytes(Path(p)) for p in trials["path"]]
+        print(f"disk: {np.mean(sizes) / 2**20:.1f} MB per trial, {sum(sizes) / 2**20:.1f} MB in all (checkpoints of "
+              "ended trials removed)")
     with pd.option_context("display.max_columns", 30, "display.width", 200):
         print("best trial per (backbone, head):")
         print(best.to_string(index=False) if len(best) else "(none)")
-    if len(trials) and len(failed) == len(trials):
-        print("every trial failed; first error:", failed["error"].dropna().head(1).tolist() or "?", file=sys.stderr)
-        return 1
+    if len(trials) and not trials["status"].isin(FINISHED).any():
+        print("no trial finished (every one failed or diverged); first error:",
+              failed["error"].dropna().head(1).tolist() or "-", file=sys.stderr)
+        return NOTHING_USABLE
     return 0
 
 

@@ -13,7 +13,7 @@ import time
 import typing
 from pathlib import Path
 
-from common.cli import guard
+from common.cli import ArgumentParser, guard
 from tuning import data
 from tuning.config import TrainConfig, field_help, parse_assignment
 
@@ -31,7 +31,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuning.train", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m tuning.train", description=__doc__, formatter_class=HelpFormatter)
     helps, hints = field_help(), typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("model_kwargs", "head_kwargs"):
@@ -57,7 +57,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             if f.name not in ("model_kwargs", "head_kwargs")}
     flat.update({f"model_{k}": v for k, v in map(parse_assignment, args.model_opt)})
     flat.update({f"head_{k}": v for k, v in map(parse_assignment, args.head_opt)})
+    TrainConfig.from_dict(flat)  # the values as given are checked before --smoke replaces some
     if args.smoke:
+        defaults = TrainConfig()
+        given = [f"--{k}" for k in ("epochs", "dataset") if getattr(args, k) != getattr(defaults, k)]
+        if given:
+            raise ValueError(f"--smoke runs 1 epoch of generated CIFAR-100 data, which contradicts "
+                             f"{' and '.join(given)}: drop one or the other")
         flat.update(dataset="cifar100", epochs=1, batch_size=min(args.batch_size, 64))
     return TrainConfig.from_dict(flat)
 
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     from tuning import engine  # deferred: torch and timm take seconds, and --help needs neither
 
     cfg = config_from_args(args)
+    engine.resolve_device(cfg.device)  # a device this machine lacks fails before the data loads
     started = time.perf_counter()
     ds = data.load_for(cfg.to_flat(), args.data_dir, fake=args.smoke, download=not args.no_download)
     if args.smoke:

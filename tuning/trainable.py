@@ -7,6 +7,7 @@ state and epoch, so a restored trial continues where it stopped.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,12 +22,21 @@ STATE_FILE = "state.pt"
 
 
 def _restore_state() -> dict | None:
+    """The trial's last checkpoint, or None (a fresh start) when it has none or it cannot be read:
+    a truncated or crafted file is refused, said on the trial's log, and the trial starts over
+    rather than failing again on the same file."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as folder:
-        # Tensors, numbers and containers only: a checkpoint file cannot run code when read.
-        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        with checkpoint.as_directory() as folder:
+            # Tensors, numbers and containers only: a checkpoint file cannot run code when read.
+            return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: torch raises many kinds
+        where = f"{checkpoint.path}/{STATE_FILE}"
+        print(f"refused checkpoint {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+              "this trial starts from scratch", file=sys.stderr, flush=True)
+        return None
 
 
 def _report(metrics: dict, get_state) -> None:

@@ -1,0 +1,144 @@
+"""What is safe to open from a stranger (README, "Trust"), and the disk a search keeps."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.fs
+import torch
+
+import analysis
+from analysis import report
+from tuning import trainable
+from tuning.callbacks import EndedTrialCheckpoints
+
+
+class Crafted:
+    """Writes a marker file when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def _blob(marker: Path) -> dict:
+    """A field as Ray writes what JSON cannot hold: cloudpickle bytes, hex-encoded."""
+    return {"_type": "CLOUDPICKLE_FALLBACK", "value": pickle.dumps(Crafted(marker)).hex()}
+
+
+def _crafted_experiment(root: Path) -> tuple[Path, Path]:
+    exp, marker = root / "exp", root / "marker"
+    (exp / "t1").mkdir(parents=True)
+    (exp / "t1" / "progress.csv").write_text("epoch,val_acc,val_loss,train_loss,epoch_time_s,images_per_s\n"
+                                             "1,0.25,3.0,3.5,1.0,100\n2,0.5,2.0,2.5,1.0,100\n")
+    (exp / "t1" / "error.pkl").write_bytes(pickle.dumps(Crafted(marker)))
+    trial = {"trial_id": "aaaa0001", "status": "TERMINATED", "relative_logdir": "t1", "stub": False,
+             "config": {"arch": "cnn", "head": "softmax", "lr": 0.01, "epochs": 2},
+             "storage": _blob(marker), "placement_group_factory": _blob(marker)}
+    meta = {"last_result": {"epoch": 2, "val_acc": 0.5}, "checkpoint_manager": _blob(marker)}
+    state = {"trial_data": [[json.dumps(trial), json.dumps(meta)]], "runner_data": _blob(marker)}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    (exp / "spec.json").write_text(json.dumps({"settings": {"metric": "val_acc", "mode": "max"}, "max_epochs": 2}))
+    return exp, marker
+
+
+def test_the_crafted_blob_is_live_code(tmp_path):
+    marker = tmp_path / "marker"
+    pickle.loads(bytes.fromhex(_blob(marker)["value"]))  # what unpickling the field would do
+    assert marker.read_text() == "ran"
+
+
+def test_opening_and_reporting_a_crafted_experiment_runs_none_of_its_pickles(tmp_path, capsys):
+    exp, marker = _crafted_experiment(tmp_path)
+    trials = analysis.load(exp)
+    assert trials[["trial_id", "status", "best_val_acc", "epochs_run"]].to_dict("records") == [
+        {"trial_id": "aaaa0001", "status": "completed", "best_val_acc": 0.5, "epochs_run": 2}]
+    assert len(analysis.history(exp)) == 2
+    assert report.main([str(exp)]) == 0
+    assert not marker.exists()
+
+
+def test_an_experiment_state_that_is_not_json_is_refused_by_name(tmp_path):
+    exp, _ = _crafted_experiment(tmp_path)
+    state = next(exp.glob("experiment_state-*.json"))
+    state.write_text("{not json")
+    try:
+        analysis.load(exp)
+    except ValueError as exc:
+        assert f"{state.name}: not a Ray Tune experiment state" in str(exc)
+    else:
+        raise AssertionError("a broken experiment state was read")
+
+
+def test_a_crafted_or_truncated_checkpoint_is_refused_and_the_trial_starts_afresh(tmp_path, monkeypatch, capsys):
+    from ray import tune
+
+    marker = tmp_path / "marker"
+    for name, write in (("crafted", lambda f: torch.save({"model": Crafted(marker)}, f)),
+                        ("truncated", lambda f: f.write_bytes(b"PK\x03\x04 cut short"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        write(folder / trainable.STATE_FILE)
+        monkeypatch.setattr(tune, "get_checkpoint", lambda folder=folder: tune.Checkpoint.from_directory(folder))
+        assert trainable._restore_state() is None
+        err = capsys.readouterr().err
+        assert f"refused checkpoint {folder}/{trainable.STATE_FILE}" in err and "starts from scratch" in err
+    assert not marker.exists()
+
+
+def _trial(root: Path, trial_id: str, head: str, checkpoints: int):
+    path = root / trial_id
+    for i in range(checkpoints):
+        (path / f"checkpoint_{i:06d}").mkdir(parents=True)
+        (path / f"checkpoint_{i:06d}" / "state.pt").write_bytes(b"x" * 10)
+    (path / "result.json").write_text("{}")
+    storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), experiment_fs_path=str(root))
+    return SimpleNamespace(trial_id=trial_id, config={"arch": "cnn", "head": head}, path=str(path), storage=storage)
+
+
+def _left(root: Path) -> dict[str, list[str]]:
+    return {t.name: sorted(c.name for c in t.glob("checkpoint_*")) for t in sorted(root.iterdir()) if t.is_dir()}
+
+
+def test_an_ended_trial_loses_its_checkpoints_once_rays_state_knows_it_ended(tmp_path, monkeypatch):
+    monkeypatch.setattr("tuning.callbacks.CHECK_EVERY_S", 0.0)
+    cb = EndedTrialCheckpoints("val_acc", "max")
+    a = _trial(tmp_path, "a", "softmax", 2)
+    _trial(tmp_path, "b", "softmax", 2)
+    state = tmp_path / "experiment_state-x.json"
+    state.write_text("{}")
+    os.utime(state, (time.time() - 60, time.time() - 60))  # saved before a ended
+    cb.on_trial_result(0, [], a, {"val_acc": 0.4})
+    cb.on_trial_complete(0, [], a)
+    cb.on_step_end(0, [])
+    # A driver killed now resumes a as running, from its checkpoint: it must still be there.
+    assert _left(tmp_path) == {"a": ["checkpoint_000000", "checkpoint_000001"],
+                               "b": ["checkpoint_000000", "checkpoint_000001"]}
+    os.utime(state, (time.time() + 60, time.time() + 60))  # Ray saved its state since
+    cb.on_step_end(0, [])
+    assert _left(tmp_path) == {"a": [], "b": ["checkpoint_000000", "checkpoint_000001"]}  # b still runs
+    assert (tmp_path / "a" / "result.json").exists()
+
+
+def test_keep_best_keeps_the_last_checkpoint_of_the_best_trial_of_each_pair(tmp_path):
+    cb = EndedTrialCheckpoints("val_loss", "min", keep_best=True)
+    runs = [("a", "softmax", [2.0, 1.5]), ("b", "softmax", [1.0]), ("c", "softmax", [3.0]),
+            ("d", "gumbel", [2.5]), ("e", "gumbel", [0.1])]
+    for trial_id, head, losses in runs:
+        trial = _trial(tmp_path, trial_id, head, 2)
+        for loss in losses:
+            cb.on_trial_result(0, [], trial, {"val_loss": loss})
+        if trial_id == "e":
+            cb.on_trial_result(0, [], trial, {"val_loss": float("nan"), "diverged": True})
+        cb.on_trial_complete(0, [], trial)
+        if trial_id == "a":
+            cb.on_experiment_end([])  # a settled (kept) before b beat it
+    cb.on_experiment_end([])
+    # softmax: b (1.0) beat a (1.5) and then c (3.0) did not beat b; gumbel: e diverged, so d stays.
+    assert _left(tmp_path) == {"a": [], "b": ["checkpoint_000001"], "c": [], "d": ["checkpoint_000001"], "e": []}

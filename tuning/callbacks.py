@@ -1,0 +1,87 @@
+"""Ray Tune callbacks of the search: disk kept bounded while it runs.
+
+`EndedTrialCheckpoints` removes a trial's checkpoints once it has ended (ran its epochs,
+stopped by ASHA, or diverged): nothing resumes an ended trial, and a 60-trial search that kept
+two checkpoints of every trial would keep tens of GB. Its metrics (result.json, progress.csv)
+stay. The removal waits until Ray's saved experiment state is newer than the trial's end:
+a driver killed before that snapshot resumes the trial as running, from its checkpoint. A
+trial that failed keeps its checkpoints: `--resume` retries it from there. With `keep_best`,
+the best trial so far of each (arch, head) pair keeps its last checkpoint, its final weights.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import pyarrow.fs
+from ray.tune import Callback
+
+CHECK_EVERY_S = 5.0  # how often the saved experiment state is looked at while trials wait
+
+
+def checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_path: str) -> list[str]:
+    """A trial folder's checkpoint_NNNNNN folders, oldest first."""
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_path))
+    except FileNotFoundError:
+        return []
+    return sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                  and i.base_name.startswith("checkpoint_"))
+
+
+def remove_checkpoints(fs: pyarrow.fs.FileSystem, trial_path: str, keep_last: bool = False) -> None:
+    for path in checkpoint_dirs(fs, trial_path)[:-1 if keep_last else None]:
+        fs.delete_dir(path)
+
+
+def state_saved_at(fs: pyarrow.fs.FileSystem, experiment_path: str) -> float:
+    """When Ray last saved the experiment state there (seconds since the epoch; 0 if never)."""
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
+    except FileNotFoundError:
+        return 0.0
+    times = [i.mtime.timestamp() for i in infos if i.base_name.startswith("experiment_state-") and i.mtime]
+    return max(times, default=0.0)
+
+
+class EndedTrialCheckpoints(Callback):
+    def __init__(self, metric: str, mode: str, keep_best: bool = False):
+        self.metric, self.sign, self.keep_best = metric, 1.0 if mode == "max" else -1.0, keep_best
+        self.score: dict[str, float] = {}  # trial_id -> its best metric so far, signed so that larger is better
+        self.diverged: set[str] = set()  # their scores mislead: never kept
+        self.kept: dict[tuple, tuple[float, str]] = {}  # (arch, head) -> (score, trial folder) of the kept weights
+        self.waiting: list[tuple[float, object]] = []  # (ended at, trial): ended, checkpoints not yet removed
+        self.next_check = 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if result.get("diverged"):
+            self.diverged.add(trial.trial_id)
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            self.score[trial.trial_id] = max(self.score.get(trial.trial_id, -math.inf), self.sign * value)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.keep_best and trial.trial_id in self.score and trial.trial_id not in self.diverged:
+            pair, score = (trial.config.get("arch"), trial.config.get("head")), self.score[trial.trial_id]
+            if pair not in self.kept or score > self.kept[pair][0]:
+                replaced = self.kept.get(pair)
+                self.kept[pair] = (score, trial.path)
+                if replaced and not any(t.path == replaced[1] for _, t in self.waiting):  # already settled
+                    remove_checkpoints(trial.storage.storage_filesystem, replaced[1])
+        self.waiting.append((time.time(), trial))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.waiting and time.monotonic() >= self.next_check:
+            self.next_check = time.monotonic() + CHECK_EVERY_S
+            storage = self.waiting[0][1].storage
+            self._settle(state_saved_at(storage.storage_filesystem, storage.experiment_fs_path))
+
+    def on_experiment_end(self, trials, **info):
+        self._settle(math.inf)
+
+    def _settle(self, saved_at: float) -> None:
+        """Remove the checkpoints of the trials that ended before the experiment state was saved."""
+        kept = {path for _, path in self.kept.values()}
+        for ended_at, trial in [w for w in self.waiting if w[0] < saved_at]:
+            remove_checkpoints(trial.storage.storage_filesystem, trial.path, keep_last=trial.path in kept)
+        self.waiting = [w for w in self.waiting if w[0] >= saved_at]

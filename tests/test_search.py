@@ -55,7 +55,7 @@ def test_smoke_search_end_to_end(smoke_experiment):
     # Every trial checkpointed each epoch (Ray's record of it is in the results), and every trial
     # ended, so none keeps a checkpoint: disk stays bounded.
     assert all(r[-1]["should_checkpoint"] for r in results.values() if r) and not list(exp.rglob("checkpoint_*"))
-    assert "MB per trial" in out
+    assert "KB per trial" in out
     n_pruned = sum(e < 4 for e in epochs)
     assert f"12 trials: {12 - n_pruned} completed, {n_pruned} pruned, 0 diverged, 0 error" in out
     assert "best trial per (backbone, head)" in out

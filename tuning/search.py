@@ -348,7 +348,7 @@ def summarize(exp: Experiment) -> int:
                     + searched]
     if "path" in trials and not exp.is_uri:
         sizes = [folder_bytes(Path(p)) for p in trials["path"]]
-        print(f"disk: {np.mean(sizes) / 2**20:.1f} MB per trial, {sum(sizes) / 2**20:.1f} MB in all (checkpoints of "
+        print(f"disk: {np.mean(sizes) / 2**10:.0f} KB per trial, {sum(sizes) / 2**20:.1f} MB in all (checkpoints of "
               "ended trials removed)")
     with pd.option_context("display.max_columns", 30, "display.width", 200):
         print("best trial per (backbone, head):")

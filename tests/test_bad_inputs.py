@@ -17,19 +17,11 @@ from analysis import report, retrain
 from heads import bench
 from tuning import bench_loader, fake_data, many_classes, search, train
 
+from test_trust import Crafted  # a pickle that writes a marker file when loaded
+
 CLIS = {"train": train.main, "search": search.main, "retrain": retrain.main, "report": report.main,
         "heads.bench": bench.main, "bench_loader": bench_loader.main, "many_classes": many_classes.main}
 SMOKE = ["--space", "smoke", "--no-dashboard"]
-
-
-class Crafted:
-    """A pickle that would write a marker file when unpickled: it must never be."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.write_text, (self.marker, "ran"))
 
 
 # ----------------------------------------------------------------------------- corrupt files

@@ -61,13 +61,15 @@ class RayTrial:
     def path(self) -> str:
         return f"{self.exp.uri}/{self.relative}"
 
+    @cached_property
     def frame(self):
-        """Its progress.csv (one row per reported epoch), or None before the first report."""
+        """Its progress.csv (one row per reported epoch), or None before the first report; read once
+        (the report asks for trials and history)."""
         import pandas as pd
 
         try:
             frame = pd.read_csv(io.BytesIO(self.exp._read(f"{self.relative}/progress.csv")))
-        except (FileNotFoundError, OSError, ValueError):
+        except (OSError, ValueError):
             return None
         return frame if "val_acc" in frame else None
 
@@ -268,12 +270,11 @@ class Experiment:
         epoch's validation metrics (by the search's metric), the last epoch's, time."""
         import pandas as pd
 
-        rows = [self._trial_row(t, t.frame()) for t in self._ray_trials]
+        rows = [self._trial_row(t, t.frame) for t in self._ray_trials]
         return pd.DataFrame(rows).sort_values("trial_id", ignore_index=True) if rows else pd.DataFrame()
 
     def _trial_row(self, trial, frame) -> dict:
         config = dict(trial.config)
-        frame = frame if frame is not None and "val_acc" in getattr(frame, "columns", []) else None
         max_epochs = int(config.get("epochs", self.spec.get("max_epochs", 0)))
         row = {"trial_id": trial.trial_id, **config,
                "status": trial_status(trial.status, trial.last_result, max_epochs),
@@ -301,7 +302,7 @@ class Experiment:
 
         parts = []
         for trial in self._ray_trials:
-            frame = trial.frame()
+            frame = trial.frame
             if frame is None or "epoch" not in frame:
                 continue
             keep = [c for c in ("epoch", *METRICS, "epoch_time_s", "images_per_s", "lr") if c in frame]

@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="dataset folder (default: the one in spec.json)")
     p.add_argument("--cpus-per-task", type=float, help="default: the search's cpus_per_trial")
     p.add_argument("--gpus-per-task", type=float, help="default: the search's gpus_per_trial where GPUs exist")
-    p.add_argument("--address", help="an existing Ray cluster")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="an existing Ray cluster (default: $RAY_ADDRESS, which `ray job submit` sets)")
     args = p.parse_args(argv)
     for name in ("top_k", "seeds", "epochs"):
         value = getattr(args, name)

@@ -11,6 +11,8 @@ import pickle
 import sys
 from typing import Callable
 
+WIDTH = 120  # a console line is never longer
+
 # What user input raises: a bad value or name, a missing or refused file.
 OK, NOTHING_USABLE, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, pickle.UnpicklingError)
@@ -58,3 +60,13 @@ def check_cpus(requested: float, available: float, where: str, name: str = "cpus
         raise ValueError(f"{name}={requested:g} must be > 0")
     if requested > available:
         raise ValueError(f"{name}={requested:g} is more than the {available:g} CPUs of {where}: nothing could start")
+
+
+def clip(line: str, width: int = WIDTH) -> str:
+    """A console line cut to `width` columns, marked where it was cut."""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def short(value) -> str:
+    """A config value in a few characters: floats to 3 significant digits, lists without spaces."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value).replace(" ", "")

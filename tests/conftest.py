@@ -55,17 +55,16 @@ def real_cifar100(real_dir):
 
 @pytest.fixture(scope="session")
 def smoke_experiment(tmp_path_factory):
-    """One real `--space smoke` search (Ray + Optuna, ~25 s on 2 CPUs), shared by the tests.
+    """One real `--space smoke` search (Ray + Optuna, ~25 s on 2 CPUs), shared by the tests, run as
+    a user runs it (a subprocess; stdout and stderr together, as a terminal shows them), with
+    MLflow logging on.
 
     Returns (experiment folder, exit code, what it printed).
     """
-    import contextlib
-    import io
-
-    from tuning import search
-
     storage = tmp_path_factory.mktemp("experiments")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = search.main(["--space", "smoke", "--storage", str(storage), "--name", "smoke", "--no-dashboard"])
-    return storage / "smoke", code, out.getvalue()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "tuning.search", "--space", "smoke", "--storage", str(storage),
+                           "--name", "smoke", "--no-dashboard", "--callback", "mlflow"],
+                          cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    return storage / "smoke", done.returncode, done.stdout

@@ -169,6 +169,13 @@ def _experiment(root: Path) -> Path:
     return exp
 
 
+def _saved(root: Path, argv: list[str] | None = ["--space", "smoke", "--set", "epochs=2"]) -> Path:
+    """An experiment's storage whose `e` has only spec.json, recording the command line `argv`."""
+    (root / "e").mkdir()
+    (root / "e" / "spec.json").write_text(json.dumps({"argv": argv} if argv is not None else {}))
+    return root
+
+
 def _file(root: Path) -> Path:
     (root / "afile").write_text("x")
     return root / "afile"
@@ -210,6 +217,16 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
     ("search", lambda t: SMOKE + ["--set", "lr=-1"], "'lr'=-1 is out of range"),
     ("search", lambda t: SMOKE + ["--name", "x", "--storage", str(t), "--resume"], "--resume: no experiment at"),
     ("search", lambda t: SMOKE + ["--budget", "some"], "argument --budget: invalid choice: 'some'"),
+    ("search", lambda t: ["--storage", str(t)], "--space is required (one of: all_heads,"),
+    ("search", lambda t: ["--resume", "--storage", str(t)], "--resume needs --name"),
+    ("search", lambda t: ["--storage", str(_saved(t)), "--name", "e", "--resume", "--set", "epochs=3"],
+     "--resume continues the search spec.json defines: overrides=['epochs=3'] differs from its ['epochs=2']"),
+    ("search", lambda t: ["--storage", str(_saved(t)), "--name", "e", "--resume", "--space", "vit_heads"],
+     "space='vit_heads' differs from its 'smoke'"),
+    ("search", lambda t: ["--storage", str(_saved(t, None)), "--name", "e", "--resume"],
+     "spec.json is missing or records no argv"),
+    ("search", lambda t: SMOKE + ["--callback", "comet"], "argument --callback: invalid choice: 'comet'"),
+    ("search", lambda t: SMOKE + ["-q", "-v"], "argument -v/--verbose: not allowed with argument -q/--quiet"),
     ("retrain", lambda t: [str(_experiment(t)), "--gpus-per-task", "1"],
      "--gpus-per-task=1.0 is more than there are (0 GPUs)"),
     ("retrain", lambda t: [str(_experiment(t)), "--cpus-per-task", "64"], "--cpus-per-task=64 is more than the"),
@@ -249,6 +266,24 @@ def test_a_corrupt_dataset_file_is_named_in_one_line(make, tmp_path, capsys):
                        "--device", "cpu"])
     _assert_one_line(code, capsys.readouterr().err, expected)
     assert not (tmp_path / "marker").exists()
+
+
+def test_a_tracker_without_its_package_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    code = search.main(SMOKE + ["--storage", str(tmp_path), "--callback", "wandb"])
+    _assert_one_line(code, capsys.readouterr().err, "--callback wandb needs the wandb package: pip install wandb")
+
+
+def test_an_mlflow_store_that_does_not_open_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")  # MLflow 3 refuses a folder store
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    code = search.main(SMOKE + ["--storage", str(tmp_path), "--callback", "mlflow"])
+    _assert_one_line(code, capsys.readouterr().err, f"--callback mlflow: tracking URI file://{tmp_path}/mlruns "
+                                                    "does not open")
+    assert [f.name for f in tmp_path.iterdir()] == ["mlruns"] or not list(tmp_path.iterdir())  # no experiment
 
 
 def test_the_corpus_is_big_enough():

@@ -26,7 +26,7 @@ LAYERS = (
     ("heads", 1, ("heads",)),
     ("core", 2, ("tuning",)),
     ("spaces", 3, ("search_spaces",)),
-    ("ray side", 4, ("tuning.trainable", "tuning.optuna_pruned", "tuning.callbacks", "tuning.experiment",
+    ("ray side", 4, ("tuning.trainable", "tuning.optuna_pruned", "tuning.callbacks", "tuning.console", "tuning.experiment",
                       "tuning.search")),
     ("analysis", 5, ("analysis",)),
 )

@@ -106,8 +106,10 @@ def test_train_cli_on_own_data_reports_class_names(tmp_path, capsys):
     assert train.main(["--dataset", f"imagefolder:{tmp_path / 'chars'}", "--image-size", "16", "--arch", "cnn",
                        "--model-opt", "widths=[8]", "--model-opt", "fc_widths=[16]", "--epochs", "1",
                        "--batch-size", "8", "--val-fraction", "0.3", "--flip", "false", "--pad-mode", "replicate",
-                       "--no-download"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                       "--no-download", "--summary-json", str(tmp_path / "summary.json")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["num_classes"] == 3 and "classes" not in printed  # the console line stays short
+    summary = json.loads((tmp_path / "summary.json").read_text())  # the file has the names
     assert summary["classes"] == ["c0", "c1", "c2"] and summary["config"]["image_size"] == 16
     assert summary["config"]["flip"] is False and summary["config"]["pad_mode"] == "replicate"
 

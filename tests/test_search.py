@@ -1,6 +1,7 @@
 """The search on CPU with real Ray and Optuna, small."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def _optuna_trials(experiment: Path) -> list:
 def _results(experiment: Path) -> dict[str, list[dict]]:
     """trial folder name -> the results it reported, from Tune's own result.json files."""
     out = {}
-    for folder in experiment.glob("train_trial_*"):
+    for folder in (f for f in experiment.iterdir() if (f / "params.json").exists()):  # Ray writes it at start
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").exists() else []
         out[folder.name] = [json.loads(line) for line in lines]
     return out
@@ -81,7 +82,9 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(before) < 10, "the search finished before it could be killed"
-    done = subprocess.run(argv + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    # The name alone resumes it: the space and the --set values come from spec.json.
+    done = subprocess.run([sys.executable, "-m", "tuning.search", "--storage", str(tmp_path), "--name", "r",
+                           "--no-dashboard", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     import analysis
 
@@ -97,6 +100,30 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
     assert not states["WAITING"] and not states["RUNNING"], states
     # The studies agree with Ray: a completed Optuna trial per finished Ray trial; orphans are FAIL.
     assert states["COMPLETE"] == (trials.status == "completed").sum(), states
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
+    argv = [sys.executable, "-m", "tuning.search", "--space", "smoke", "--storage", str(tmp_path), "--name", "i",
+            "--no-dashboard", "--set", "num_samples=6", "--set", "epochs=8", "--set", "grace_period=8"]
+    proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 180
+    while not (list(tmp_path.glob("i/*/progress.csv")) and list(tmp_path.glob("i/experiment_state-*.json"))):
+        assert time.time() < deadline and proc.poll() is None, "no trial reported within 180 s"
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err and "Tuner.restore" not in err + out  # Ray's own hint is for its API users
+    command = shlex.split(err.split("interrupted; continue with: ")[1].splitlines()[0])
+    assert command[1:] == ["-m", "tuning.search", "--name", "i", "--storage", str(tmp_path), "--resume"]
+    done = subprocess.run([sys.executable, *command[1:], "--no-dashboard"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "6 trials: 6 completed, 0 pruned, 0 diverged, 0 error" in done.stdout
+    states = Counter(t.state.name for t in _optuna_trials(tmp_path / "i"))
+    assert states == {"COMPLETE": 6}, states  # the stopped trials went on; nothing orphaned, nothing redone
 
 
 def _faulty(trial, arch, head):
@@ -116,9 +143,13 @@ def test_a_failing_trial_does_not_stop_the_others(tmp_path, capsys, monkeypatch)
     results = _results(tmp_path / "f")
     failed = [k for k, v in results.items() if not v]
     assert code == 0 and 0 < len(failed) < 6, results.keys()
-    assert all("head=adaptive" in k for k in failed)
-    err = next((tmp_path / "f").glob("train_trial_*head=adaptive*/error.txt")).read_text()
+    assert all(k.startswith("cnn-adaptive-") for k in failed)  # trial folders: pair and Ray trial id
+    err = next((tmp_path / "f").glob("cnn-adaptive-*/error.txt")).read_text()
     assert "cutoffs=[500] must satisfy 0 < c < num_classes=100" in err
+    # The console said so, in one line naming the trial and the error's last line.
+    out = capsys.readouterr().out
+    failed_lines = [line for line in out.splitlines() if " failed " in line]
+    assert len(failed_lines) == len(failed) and all("cutoffs=[500] must satisfy" in line for line in failed_lines)
 
 
 @pytest.mark.parametrize("name", search_spaces.list_spaces())
@@ -256,5 +287,7 @@ def test_summary_leaves_out_diverged_trials(capsys):
                                  "arch": ["cnn"] * 3, "head": ["softmax", "softmax", "gumbel"]})
 
     assert search.summarize(Exp("x", Path("x"))) == 0
-    best = capsys.readouterr().out.split("best trial per (backbone, head):")[1].split()
-    assert "a" not in best and "b" in best and "c" in best and best.count("2") == 2
+    out = capsys.readouterr().out
+    best = out.split("best trial per (backbone, head), by validation val_acc:\n")[1].splitlines()
+    assert best == ["  cnn/softmax              0.3000  2 ep  b", "  cnn/gumbel               0.1000  2 ep  c"]
+    assert max(len(line) for line in out.splitlines()) <= 120

@@ -32,7 +32,7 @@ PARAMS_FILE = "params.json"  # Ray Tune's copy of a trial's config, in its folde
 METRICS = ("val_acc", "val_top5", "val_loss", "train_loss")
 # The columns of a trials table that are not config keys (besides best_* and last_* metrics).
 RESULT_COLUMNS = ("trial_id", "status", "epochs_run", "path", "best_epoch", "epoch_time_s", "images_per_s",
-                  "time_total_s", "error")
+                  "time_total_s", "node_id", "error")
 
 
 class NotAnExperimentError(ValueError):
@@ -286,6 +286,8 @@ class Experiment:
             row.update({f"last_{m}": frame[m].iloc[-1] for m in METRICS if m in frame})
             row.update(epoch_time_s=frame["epoch_time_s"].mean(), images_per_s=frame["images_per_s"].mean(),
                        time_total_s=frame["epoch_time_s"].sum())
+            if "node_id" in frame:  # the Ray node of its last epoch
+                row["node_id"] = frame["node_id"].iloc[-1]
         row["error"] = trial.error() if row["status"] == ERROR else None
         return row
 

@@ -4,23 +4,43 @@ Ray's OptunaSearch tells every trial that reported the metric as COMPLETE, so a 
 that ASHA stopped after its grace period reaches TPE as a finished trial with a
 low-fidelity score. Here a trial that ends before `max_epochs` without an error is told
 as PRUNED (Optuna keeps its last intermediate value), and a diverged one as FAIL.
+
+The study names its objective (optuna-dashboard shows "val_acc", not "Objective 0"), and each
+Optuna trial carries its Ray trial id and folder as user attributes (`ray_trial_id`,
+`ray_trial_dir`), so a point in optuna-dashboard leads to the trial's files.
 """
 from __future__ import annotations
 
 import warnings
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from common.status import DIVERGED, PRUNED, trial_status
+from tuning.pairs import trial_folder
 
 _OPTUNA_STATE = {PRUNED: TrialState.PRUNED, DIVERGED: TrialState.FAIL}  # completed: Ray's own tell
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, experiment: str = "", **kwargs):
+        self._max_epochs, self._experiment = max_epochs, experiment  # before super(): it sets the study up
         super().__init__(*args, **kwargs)
-        self._max_epochs = max_epochs
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since 3.2
+            self._ot_study.set_metric_names([self._metric])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if config is not None and trial is not None and "ray_trial_id" not in trial.user_attrs:
+            trial.set_user_attr("ray_trial_id", trial_id)
+            trial.set_user_attr("ray_trial_dir", f"{self._experiment}/{trial_folder(config, trial_id)}")
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         state = self._early_state(result, error)

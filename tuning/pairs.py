@@ -24,6 +24,17 @@ def pair_of(config: dict) -> Pair:
     return config["arch"], config["head"]
 
 
+def trial_folder(config: dict, trial_id: str) -> str:
+    """A trial's folder name: its pair and Ray trial id (`cnn-softmax-c850ebc2`), not Ray's
+    150-character config dump. The searcher names it too, for the Optuna trial's attributes."""
+    return f"{config.get('arch', 'trial')}-{config.get('head', 'trial')}-{trial_id}"
+
+
+def trial_dirname(trial) -> str:
+    """Ray Tune's `trial_dirname_creator`."""
+    return trial_folder(trial.config, trial.trial_id)
+
+
 class PairedSearch(Searcher):
     def __init__(self, searchers: dict[Pair, Searcher], metric: str, mode: str):
         super().__init__(metric=metric, mode=mode)

@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> dict:
                "epoch_time_s_mean": sum(times) / len(times), "images_per_s": result.last.get("images_per_s"),
                "classes": ds.classes, "wall_s": time.perf_counter() - started, "device": str(trained.device),
                "params": sum(p.numel() for p in trained.model.parameters())}
-    print(json.dumps(summary, default=str))
+    # One line for the console: the class names (1600 of them for some datasets) go to --summary-json only.
+    print(json.dumps({**{k: v for k, v in summary.items() if k != "classes"}, "num_classes": ds.num_classes},
+                     default=str))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -7,10 +7,12 @@ state and epoch, so a restored trial continues where it stopped.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -40,11 +42,17 @@ def _restore_state() -> dict | None:
 
 
 def _report(metrics: dict, get_state) -> None:
+    # The node that ran the epoch: on one machine with several Ray nodes, node_ip and hostname are
+    # the same for all, the node id is not.
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(get_state(), Path(folder) / STATE_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def train_trial(config: dict, split: Split) -> None:
+    # Ray logs "Checkpoint successfully created" at every epoch of every trial: the search's
+    # console says what matters (tuning/console.py).
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = TrainConfig.from_dict(config)
     engine.fit(cfg, split, on_epoch=_report, state=_restore_state())

@@ -1,0 +1,91 @@
+"""The search's console (tuning/console.py): one line per trial event, within 120 columns."""
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from tuning import console
+
+
+def _trial(trial_id: str, head: str = "softmax", status: str = "RUNNING", last: dict | None = None,
+           error_file: str | None = None):
+    config = {"arch": "cnn", "head": head, "lr": 0.0123456, "batch_size": 32, "epochs": 4, "dataset": "cifar100",
+              "head_cutoffs": list(range(40))}  # a long value: the line is cut, not wrapped
+    return SimpleNamespace(trial_id=trial_id, config=config, status=status, last_result=last or {},
+                           error_file=error_file, get_error=lambda: None)
+
+
+def _console(level: int):
+    out = io.StringIO()
+    c = console.Console("val_acc", "max", max_epochs=4, num_samples=3, constants={"epochs", "dataset"},
+                        rung_epochs=console.rungs(1, 2, 4), level=level, out=out)
+    return c, out
+
+
+def _run(c, tmp_path) -> None:
+    """Three trials: one completes, one is stopped after epoch 1, one raises."""
+    a, b = _trial("aaaa1111"), _trial("bbbb2222", head="gumbel")
+    error = tmp_path / "error.txt"
+    error.write_text("Failure # 1\nTraceback (most recent call last):\n  File x\nValueError: lr=-1 must be > 0\n")
+    e = _trial("eeee3333", head="sampled", error_file=str(error))
+    for t in (a, b, e):
+        c.on_trial_start(0, [a, b, e], t)
+    for epoch in (1, 2, 3, 4):
+        c.on_trial_result(0, [a, b], a, {"training_iteration": epoch, "val_acc": 0.1 * epoch})
+    c.on_trial_result(0, [a, b], b, {"training_iteration": 1, "val_acc": 0.05})
+    a.last_result, b.last_result = {"training_iteration": 4, "epoch": 4, "val_acc": 0.4}, \
+        {"training_iteration": 1, "epoch": 1, "val_acc": 0.05}
+    c.on_trial_complete(0, [a, b], a)
+    c.on_trial_complete(0, [a, b], b)
+    c.on_trial_error(0, [a, b, e], e)
+
+
+def test_rungs_are_where_asha_compares():
+    assert console.rungs(1, 2, 4) == {1, 2}
+    assert console.rungs(2, 3, 20) == {2, 6, 18}
+    assert console.rungs(5, 2, 5) == set()
+
+
+def test_one_line_per_event_at_the_default_level(tmp_path):
+    c, out = _console(console.NORMAL)
+    _run(c, tmp_path)
+    lines = out.getvalue().splitlines()
+    events = [line.split()[1] for line in lines]
+    assert events == ["start", "start", "start", "rung", "rung", "rung", "completed", "pruned", "failed"], lines
+    assert all(len(line) <= 120 for line in lines)
+    assert "cnn/softmax aaaa1111" in lines[0] and "lr=0.0123" in lines[0] and "epochs=" not in lines[0]
+    assert lines[0].endswith("...")
+    assert "4 epochs  val_acc=0.400 (pair's best 0.400)" in lines[6]
+    assert "cnn/gumbel bbbb2222" in lines[7] and "1 epoch  val_acc=0.050" in lines[7]
+    assert lines[8].split(None, 4)[2:] == ["cnn/sampled", "eeee3333", "ValueError: lr=-1 must be > 0"]
+
+
+def test_quiet_says_only_failures_and_verbose_every_epoch(tmp_path):
+    quiet, out = _console(console.QUIET)
+    _run(quiet, tmp_path)
+    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["failed"]
+    verbose, out = _console(console.VERBOSE)
+    _run(verbose, tmp_path)
+    events = [line.split()[1] for line in out.getvalue().splitlines()]
+    assert events.count("epoch") == 2 and events.count("rung") == 3  # epochs 3 and 4 of the first trial
+
+
+def test_status_counts_each_pair(tmp_path):
+    c, out = _console(console.NORMAL)
+    c.on_trial_result(0, [], _trial("x"), {"training_iteration": 1, "val_acc": 0.25})
+    trials = [_trial("x", status="RUNNING"), _trial("y", status="PENDING"), _trial("z", head="gumbel",
+                                                                                  status="TERMINATED")]
+    c.print_status(trials)
+    lines = out.getvalue().splitlines()[1:]  # after the rung line
+    assert lines[0].endswith("status    1 running, 1 pending, 1/3 done")
+    assert lines[1].split() == ["cnn/gumbel", "0", "running", "0", "pending", "1", "done"]
+    assert lines[2].split() == ["cnn/softmax", "1", "running", "1", "pending", "0", "done", "best", "val_acc=0.250"]
+
+
+def test_a_diverged_trial_is_said_at_every_level():
+    c, out = _console(console.QUIET)
+    t = _trial("dddd4444", last={"training_iteration": 2, "epoch": 2, "diverged": True,
+                                 "reason": "non-finite loss at epoch 2"})
+    c.on_trial_complete(0, [t], t)
+    assert out.getvalue().split()[1:] == ["diverged", "cnn/softmax", "dddd4444", "after", "2", "epochs:",
+                                          "non-finite", "loss", "at", "epoch", "2"]

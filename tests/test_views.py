@@ -1,0 +1,83 @@
+"""What a user watching a search sees: the console, and the views it prints, opened the way the
+printed commands open them (optuna-dashboard's own app on the journal, TensorBoard's own reader
+on the log folder, MLflow's client on its store)."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import wsgiref.util
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _printed(out: str, label: str) -> list[str]:
+    """The command printed after `label` at the start of the search, as argv."""
+    line = next(ln for ln in out.splitlines() if ln.startswith(label))
+    return shlex.split(line[len(label):])
+
+
+def _get(app, path: str):
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    wsgiref.util.setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status)
+    return json.loads(body)
+
+
+def test_console_is_calm(smoke_experiment):
+    _, code, out = smoke_experiment
+    lines = out.splitlines()
+    assert code == 0 and len(lines) < 150, f"{len(lines)} lines"
+    summary = lines[next(i for i, ln in enumerate(lines) if re.match(r"\d+ trials: ", ln)):]
+    assert max(len(ln) for ln in summary) <= 120, max(summary, key=len)
+    events = [ln for ln in lines if re.match(r"\d+:\d\d (start|completed|pruned) ", ln)]
+    assert sum(" start " in ln for ln in events) == 12
+    assert sum(" completed " in ln or " pruned " in ln for ln in events) == 12
+    assert all(len(ln) <= 120 for ln in events)
+    assert not any("Checkpoint successfully created" in ln or "Trial status:" in ln for ln in lines)
+    assert not any("driver_artifacts" in ln for ln in lines), "Ray's second TensorBoard hint"
+
+
+def test_optuna_dashboard_finds_every_trial_with_its_ray_folder(smoke_experiment):
+    from optuna_dashboard import wsgi
+
+    exp, _, out = smoke_experiment
+    command = _printed(out, "Optuna ")
+    assert command[0] == "optuna-dashboard" and Path(command[1]) == exp / "optuna.log"
+    app = wsgi(command[1])  # what `optuna-dashboard PATH` serves
+    studies = _get(app, "/api/studies")["study_summaries"]
+    assert len(studies) == 5  # one per (arch, head) pair
+    trials = [t for s in studies for t in _get(app, f"/api/studies/{s['study_id']}")["trials"]]
+    assert len(trials) == 12
+    # The metric is named (the dashboard's axis says val_acc, not "Objective 0").
+    assert all(_get(app, f"/api/studies/{s['study_id']}")["objective_names"] == ["val_acc"] for s in studies)
+    folders = [{a["key"]: a["value"] for a in t["user_attrs"]}["ray_trial_dir"] for t in trials]
+    assert len(set(folders)) == 12 and all((Path(f) / "progress.csv").exists() for f in folders)
+    assert all(re.fullmatch(r"cnn-[a-z]+-[0-9a-f]{8}", Path(f).name) for f in folders)
+
+
+def test_tensorboard_reads_every_trial_from_the_one_logdir(smoke_experiment):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    exp, _, out = smoke_experiment
+    command = _printed(out, "TensorBoard ")
+    assert command[:2] == ["tensorboard", "--logdir"] and Path(command[2]) == exp
+    runs = EventMultiplexer().AddRunsFromDirectory(command[2]).Reload()
+    tags = {run: runs.GetAccumulator(run).Tags()["scalars"] for run in runs.Runs()}
+    assert len(tags) == 12 and all("ray/tune/val_acc" in t for t in tags.values()), tags
+
+
+def test_mlflow_has_every_trial(smoke_experiment):
+    import mlflow
+
+    exp, _, _ = smoke_experiment
+    client = mlflow.MlflowClient(f"sqlite:///{exp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == 12 and all(r.data.metrics.get("val_acc") is not None for r in runs)
+    assert {r.data.params["head"] for r in runs} == {"softmax", "hierarchical", "adaptive", "sampled", "gumbel"}

@@ -1,0 +1,141 @@
+"""The search's console: one line per trial event and a compact periodic status, instead of
+Ray Tune's tables (about 45 lines per trial). Ray's own output is turned off (verbose=0).
+
+    0:07 start     cnn/softmax c850ebc2  lr=0.0125 batch_size=32 label_smoothing=0.109
+    0:08 rung      cnn/softmax c850ebc2  epoch 1  val_acc=0.050
+    0:09 completed cnn/softmax c850ebc2  4 epochs  val_acc=0.200 (best 0.200)
+    0:10 pruned    cnn/gumbel d6ddfbc3   1 epoch   val_acc=0.010 (best 0.010)
+    0:11 failed    cnn/sampled 1e75ef10  ValueError: head_num_sampled=500 is more than ...
+    0:30 status    3 running, 2 pending, 7/12 done
+               cnn/softmax        1 running  0 pending  2 done  best val_acc=0.200
+               ...
+
+Levels: quiet (failures only), normal (events at each ASHA rung, status every STATUS_EVERY_S),
+verbose (every epoch's result too, status twice as often).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ray.tune import Callback
+
+from common.cli import clip, short
+from common.status import COMPLETED, DIVERGED, trial_status
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+STATUS_EVERY_S = 30.0
+
+
+def rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> set[int]:
+    """The epochs at which ASHA compares a trial with its pair's others."""
+    out, epoch = set(), grace_period
+    while epoch < max_epochs:
+        out.add(epoch)
+        epoch *= reduction_factor
+    return out
+
+
+def first_line(text: str | None) -> str:
+    """The line that says what went wrong: the last non-empty line of a traceback."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no error text)"
+
+
+class Console(Callback):
+    def __init__(self, metric: str, mode: str, max_epochs: int, num_samples: int, constants: set[str],
+                 rung_epochs: set[int], level: int = NORMAL, out=None):
+        self.metric, self.sign, self.max_epochs, self.num_samples = metric, 1 if mode == "max" else -1, max_epochs, \
+            num_samples
+        self.constants, self.rung_epochs, self.level = constants, rung_epochs, level
+        self.out = out  # None: sys.stdout when printing (pytest's capture replaces it)
+        self.start = time.monotonic()
+        self.next_status = self.start + STATUS_EVERY_S / (2 if level >= VERBOSE else 1)
+        self.best: dict[str, float] = {}  # pair label -> best metric so far (finite, signed)
+
+    # ------------------------------------------------------------------ printing
+    def say(self, event: str, trial, text: str = "") -> None:
+        elapsed = int(time.monotonic() - self.start)
+        label = f"{self.pair(trial)} {trial.trial_id}"
+        print(clip(f"{elapsed // 60}:{elapsed % 60:02d} {event:<9} {label:<28} {text}".rstrip()),
+              file=self.out or sys.stdout, flush=True)
+
+    @staticmethod
+    def pair(trial) -> str:
+        return f"{trial.config.get('arch', '?')}/{trial.config.get('head', '?')}"
+
+    def value(self, result: dict) -> str:
+        v = result.get(self.metric)
+        return f"{self.metric}={v:.3f}" if isinstance(v, (int, float)) else f"{self.metric}=-"
+
+    def note_best(self, trial, result: dict) -> None:
+        v = result.get(self.metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and not result.get("diverged"):
+            key = self.pair(trial)
+            self.best[key] = max(self.best.get(key, -math.inf), self.sign * v)
+
+    # ------------------------------------------------------------------ Ray Tune's hooks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.level >= NORMAL:
+            searched = [(k, v) for k, v in trial.config.items() if k not in self.constants and k not in ("arch", "head")]
+            # numbers first (lr, batch_size, ...), lists last: a long list must not hide them
+            searched.sort(key=lambda kv: (isinstance(kv[1], (list, tuple, dict)), kv[0]))
+            params = " ".join(f"{k}={short(v)}" for k, v in searched)
+            self.say("start", trial, params)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.note_best(trial, result)
+        epoch = result.get("training_iteration")
+        if self.level >= VERBOSE or (self.level >= NORMAL and epoch in self.rung_epochs):
+            self.say("epoch" if epoch not in self.rung_epochs else "rung", trial, f"epoch {epoch}  {self.value(result)}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        status = trial_status("TERMINATED", last, self.max_epochs)
+        if self.level < NORMAL and status != DIVERGED:
+            return
+        epochs = last.get("training_iteration", 0)
+        if status == DIVERGED:
+            self.say(status, trial, f"after {epochs} epochs: {last.get('reason', 'non-finite loss')}")
+            return
+        best = self.best.get(self.pair(trial))
+        best = f" (pair's best {self.sign * best:.3f})" if best is not None else ""
+        self.say(COMPLETED if status == COMPLETED else "pruned", trial,
+                 f"{epochs} epoch{'s' * (epochs != 1)}  {self.value(last)}{best}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.say("failed", trial, first_line(_error_text(trial)))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.level >= NORMAL and time.monotonic() >= self.next_status:
+            self.next_status = time.monotonic() + STATUS_EVERY_S / (2 if self.level >= VERBOSE else 1)
+            self.print_status(trials)
+
+    def print_status(self, trials) -> None:
+        out = self.out or sys.stdout
+        count = lambda ts, *states: sum(t.status in states for t in ts)  # noqa: E731
+        done = count(trials, "TERMINATED", "ERROR")
+        elapsed = int(time.monotonic() - self.start)
+        print(f"{elapsed // 60}:{elapsed % 60:02d} status    {count(trials, 'RUNNING')} running, "
+              f"{count(trials, 'PENDING', 'PAUSED')} pending, {done}/{self.num_samples} done", file=out)
+        by_pair: dict[str, list] = {}
+        for t in trials:
+            by_pair.setdefault(self.pair(t), []).append(t)
+        for label, ts in sorted(by_pair.items()):
+            best = self.best.get(label)
+            best = f"best {self.metric}={self.sign * best:.3f}" if best is not None else ""
+            print(clip(f"{'':15}{label:<24} {count(ts, 'RUNNING')} running  {count(ts, 'PENDING', 'PAUSED')} "
+                       f"pending  {count(ts, 'TERMINATED', 'ERROR')} done  {best}".rstrip()), file=out)
+        out.flush()
+
+
+def _error_text(trial) -> str | None:
+    """The error Ray wrote for the trial: on the driver first (the storage copy comes later)."""
+    try:
+        if trial.error_file:
+            with open(trial.error_file, errors="replace") as f:
+                return f.read()
+    except OSError:
+        pass
+    return trial.get_error()

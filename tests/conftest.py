@@ -10,6 +10,23 @@ from tuning import fake_data
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def _own_ray_token() -> None:
+    """Every Ray this test session starts (in-process or in a subprocess) uses a token of the
+    session's own, in its own file: Ray's default would write ~/.ray/auth_token, and two sessions
+    starting at once would race on it. (tests/cluster.py gives each cluster its own the same way.)"""
+    import secrets
+    import tempfile
+
+    if os.environ.get("RAY_AUTH_TOKEN_PATH") or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="hs-token-"))
+    (folder / "auth_token").write_text(secrets.token_hex(32))
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(folder / "auth_token"))
+
+
+_own_ray_token()
+
+
 @pytest.fixture(autouse=True)
 def _fast_tier_stays_fast(request, monkeypatch):
     """Under `make test-fast`, a test that starts Ray or a Python subprocess fails: mark it slow."""

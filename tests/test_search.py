@@ -1,6 +1,7 @@
 """The search on CPU with real Ray and Optuna, small."""
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -124,6 +125,21 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
     assert "6 trials: 6 completed, 0 pruned, 0 diverged, 0 error" in done.stdout
     states = Counter(t.state.name for t in _optuna_trials(tmp_path / "i"))
     assert states == {"COMPLETE": 6}, states  # the stopped trials went on; nothing orphaned, nothing redone
+
+
+@pytest.mark.slow
+def test_searches_started_together_keep_their_own_ports_and_token(tmp_path):
+    """Two local searches at once (as under pytest -n, or two users): each its own Ray, its own
+    dashboard port, the session's token; the home folder's ~/.ray is never written."""
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "OMP_WAIT_POLICY": "PASSIVE"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tuning.search", "--space", "smoke", "--storage", str(tmp_path),
+                               "--name", f"p{i}", "--set", "num_samples=5", "--set", "epochs=2"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    ports = [re.search(r"Ray dashboard   http://127.0.0.1:(\d+)", out).group(1) for out in outs]
+    assert ports[0] != ports[1] and all("5 trials: 5 completed" in out for out in outs)
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
 
 
 def _faulty(trial, arch, head):

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,20 +67,20 @@ def test_smoke_search_end_to_end(smoke_experiment):
 @pytest.mark.slow
 def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
     argv = [sys.executable, "-m", "tuning.search", "--space", "smoke", "--storage", str(tmp_path), "--name", "r",
-            "--no-dashboard", "--set", "num_samples=10", "--set", "epochs=6", "--set", "grace_period=6"]
+            "--no-dashboard", "--set", "num_samples=10", "--set", "epochs=16", "--set", "grace_period=16"]  # ~3 s a trial
     exp = tmp_path / "r"
     proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:  # kill once some trials finished and others have not
-        finished = {k: v for k, v in _results(exp).items() if v and v[-1]["epoch"] == 6} if exp.exists() else {}
+        finished = {k: v for k, v in _results(exp).items() if v and v[-1]["epoch"] == 16} if exp.exists() else {}
         if len(finished) >= 2:
             break
         time.sleep(0.5)
     else:
         pytest.fail("no trial finished within 240 s")
     time.sleep(2)  # let Tune snapshot its state after those trials
-    before = {k: len(v) for k, v in _results(exp).items() if v and v[-1]["epoch"] == 6}
+    before = {k: len(v) for k, v in _results(exp).items() if v and v[-1]["epoch"] == 16}
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(before) < 10, "the search finished before it could be killed"
@@ -90,7 +91,7 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
     import analysis
 
     trials = analysis.load(exp)  # the experiment's own trial list, as a notebook sees it
-    # None lost: all 10 trials ended (6 epochs, or diverged). A trial the killed driver started
+    # None lost: all 10 trials ended (16 epochs, or diverged). A trial the killed driver started
     # after Tune's last state snapshot is unknown to the restore and gets replaced; its folder
     # stays behind, so folders may outnumber trials.
     assert len(trials) == 10 and set(trials.status) <= {"completed", "diverged"}, trials[["trial_id", "status"]]
@@ -119,12 +120,17 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
     assert "Traceback" not in err and "Tuner.restore" not in err + out  # Ray's own hint is for its API users
     command = shlex.split(err.split("interrupted; continue with: ")[1].splitlines()[0])
     assert command[1:] == ["-m", "tuning.search", "--name", "i", "--storage", str(tmp_path), "--resume"]
+    # Resume a copy (moved to another machine, say): it must write its own journal, not the original's.
+    journal = (tmp_path / "i" / "optuna.log").read_bytes()
+    shutil.copytree(tmp_path / "i", tmp_path / "copy" / "i")
+    command[command.index("--storage") + 1] = str(tmp_path / "copy")
     done = subprocess.run([sys.executable, *command[1:], "--no-dashboard"], cwd=ROOT, capture_output=True, text=True,
                           timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "6 trials: 6 completed, 0 pruned, 0 diverged, 0 error" in done.stdout
-    states = Counter(t.state.name for t in _optuna_trials(tmp_path / "i"))
+    states = Counter(t.state.name for t in _optuna_trials(tmp_path / "copy" / "i"))
     assert states == {"COMPLETE": 6}, states  # the stopped trials went on; nothing orphaned, nothing redone
+    assert (tmp_path / "i" / "optuna.log").read_bytes() == journal
 
 
 @pytest.mark.slow

@@ -126,6 +126,23 @@ def test_an_ended_trial_loses_its_checkpoints_once_rays_state_knows_it_ended(tmp
     assert (tmp_path / "a" / "result.json").exists()
 
 
+def test_a_running_trial_keeps_the_checkpoint_rays_saved_state_names(tmp_path, monkeypatch):
+    """Ray's saved state may lag a few epochs behind: the checkpoint it names must outlive newer ones."""
+    monkeypatch.setattr("tuning.callbacks.CHECK_EVERY_S", 0.0)
+    cb = EndedTrialCheckpoints("val_acc", "max")
+    a = _trial(tmp_path, "a", "softmax", 5)
+    cb.on_trial_result(0, [], a, {"val_acc": 0.4})
+    cb.on_step_end(0, [])  # no saved state yet: nothing removed on a guess
+    assert len(_left(tmp_path)["a"]) == 5
+    entry = [json.dumps({"trial_id": "a"}), json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000002"}})]
+    (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": [entry]}))
+    cb.on_step_end(0, [])
+    assert _left(tmp_path)["a"] == ["checkpoint_000002", "checkpoint_000003", "checkpoint_000004"]
+    (tmp_path / "experiment_state-x.json").write_text('{"trial_da')  # being written: skipped
+    cb.on_step_end(0, [])
+    assert len(_left(tmp_path)["a"]) == 3
+
+
 def test_keep_best_keeps_the_last_checkpoint_of_the_best_trial_of_each_pair(tmp_path):
     cb = EndedTrialCheckpoints("val_loss", "min", keep_best=True)
     runs = [("a", "softmax", [2.0, 1.5]), ("b", "softmax", [1.0]), ("c", "softmax", [3.0]),

@@ -1,4 +1,4 @@
-"""Ray Tune callbacks of the search: disk kept bounded while it runs.
+"""Ray Tune callbacks of the search: disk kept bounded while it runs, nothing a resume needs removed.
 
 `EndedTrialCheckpoints` removes a trial's checkpoints once it has ended (ran its epochs,
 stopped by ASHA, or diverged): nothing resumes an ended trial, and a 60-trial search that kept
@@ -7,9 +7,15 @@ stay. The removal waits until Ray's saved experiment state is newer than the tri
 a driver killed before that snapshot resumes the trial as running, from its checkpoint. A
 trial that failed keeps its checkpoints: `--resume` retries it from there. With `keep_best`,
 the best trial so far of each (arch, head) pair keeps its last checkpoint, its final weights.
+
+A running trial keeps the checkpoint Ray's saved state names (its last result's
+`checkpoint_dir_name`) and every newer one; older ones go. (Ray's own `num_to_keep=2` deletes
+by count: a driver killed after epoch 6 but before the snapshot that followed epoch 4 resumed
+the trial from a checkpoint already deleted, and lost it.)
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -44,6 +50,29 @@ def state_saved_at(fs: pyarrow.fs.FileSystem, experiment_path: str) -> float:
     return max(times, default=0.0)
 
 
+def saved_checkpoints(fs: pyarrow.fs.FileSystem, experiment_path: str) -> dict[str, str] | None:
+    """trial id -> the checkpoint folder Ray's newest saved state would resume it from (None when
+    no state can be read now: nothing is removed on a guess)."""
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
+        names = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-")
+                       and i.base_name.endswith(".json"))
+        if not names:
+            return None
+        with fs.open_input_stream(f"{experiment_path}/{names[-1]}") as f:
+            state = json.loads(f.read())
+        out = {}
+        for trial, meta in state["trial_data"]:
+            trial = json.loads(trial) if isinstance(trial, str) else trial
+            meta = json.loads(meta) if isinstance(meta, str) else meta
+            name = (meta.get("last_result") or {}).get("checkpoint_dir_name")
+            if isinstance(name, str):
+                out[str(trial["trial_id"])] = name
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # being written, or not Ray's
+        return None
+
+
 class EndedTrialCheckpoints(Callback):
     def __init__(self, metric: str, mode: str, keep_best: bool = False):
         self.metric, self.sign, self.keep_best = metric, 1.0 if mode == "max" else -1.0, keep_best
@@ -51,9 +80,11 @@ class EndedTrialCheckpoints(Callback):
         self.diverged: set[str] = set()  # their scores mislead: never kept
         self.kept: dict[tuple, tuple[float, str]] = {}  # (arch, head) -> (score, trial folder) of the kept weights
         self.waiting: list[tuple[float, object]] = []  # (ended at, trial): ended, checkpoints not yet removed
+        self.running: dict[str, object] = {}  # trial id -> trial: reported, not ended
         self.next_check = 0.0
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.running[trial.trial_id] = trial
         value = result.get(self.metric)
         if result.get("diverged"):
             self.diverged.add(trial.trial_id)
@@ -68,13 +99,28 @@ class EndedTrialCheckpoints(Callback):
                 self.kept[pair] = (score, trial.path)
                 if replaced and not any(t.path == replaced[1] for _, t in self.waiting):  # already settled
                     remove_checkpoints(trial.storage.storage_filesystem, replaced[1])
+        self.running.pop(trial.trial_id, None)
         self.waiting.append((time.time(), trial))
 
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.pop(trial.trial_id, None)  # a failed trial keeps its checkpoints for the retry
+
     def on_step_end(self, iteration, trials, **info):
-        if self.waiting and time.monotonic() >= self.next_check:
+        some = next(iter(self.running.values()), None) or (self.waiting[0][1] if self.waiting else None)
+        if some is not None and time.monotonic() >= self.next_check:
             self.next_check = time.monotonic() + CHECK_EVERY_S
-            storage = self.waiting[0][1].storage
-            self._settle(state_saved_at(storage.storage_filesystem, storage.experiment_fs_path))
+            fs, path = some.storage.storage_filesystem, some.storage.experiment_fs_path
+            self._settle(state_saved_at(fs, path))
+            self._trim_running(saved_checkpoints(fs, path))
+
+    def _trim_running(self, saved: dict[str, str] | None) -> None:
+        """Remove a running trial's checkpoints older than the one Ray's saved state names."""
+        for trial_id, trial in list(self.running.items()):
+            if saved and trial_id in saved:
+                fs = trial.storage.storage_filesystem
+                for path in checkpoint_dirs(fs, trial.path):
+                    if path.rsplit("/", 1)[-1] < saved[trial_id]:
+                        fs.delete_dir(path)
 
     def on_experiment_end(self, trials, **info):
         self._settle(math.inf)

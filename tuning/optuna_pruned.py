@@ -28,6 +28,26 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._max_epochs, self._experiment = max_epochs, experiment  # before super(): it sets the study up
         super().__init__(*args, **kwargs)
 
+    def restore(self, checkpoint_path: str) -> None:
+        journal = self.__dict__.get("journal")  # set by this run (`use_journal_on_restore`), not pickled
+        super().restore(checkpoint_path)
+        if journal:
+            self.use_journal(journal)
+
+    def use_journal(self, journal: str) -> None:
+        """Point the restored study (and its trials in flight) at `journal`, this experiment's own: the
+        pickled state names the journal of the folder it was saved in, which a copied experiment
+        must not append to."""
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        self._storage = JournalStorage(JournalFileBackend(journal))
+        old = self._ot_study
+        self._ot_study = optuna.load_study(study_name=old.study_name, storage=self._storage, sampler=old.sampler,
+                                           pruner=old.pruner)
+        self._ot_trials = {tid: optuna.Trial(self._ot_study, t._trial_id) for tid, t in self._ot_trials.items()}
+        self.journal = journal
+
     def _setup_study(self, mode):
         super()._setup_study(mode)
         with warnings.catch_warnings():

@@ -63,8 +63,13 @@ class PairedSearch(Searcher):
             pickle.dump(self.__dict__, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        journal = self.__dict__.get("journal")  # this run's journal (see PruningAwareOptunaSearch.use_journal)
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        if journal:
+            self.journal = journal
+            for searcher in self.searchers.values():
+                searcher.use_journal(journal)
 
 
 class PerPairASHA(FIFOScheduler):

@@ -345,6 +345,9 @@ def restore_tuner(exp: Experiment, trainable, space: Space, args: argparse.Names
     from tuning.callbacks import EndedTrialCheckpoints
 
     tuner = tune.Tuner.restore(exp.uri, trainable=trainable, resume_errored=True)
+    # The searcher's restored state will name the journal it was saved with; this experiment's
+    # own is the one to write (a copied or moved experiment must not append to the original's).
+    tuner._local_tuner._tune_config.search_alg.searcher.journal = str(exp.journal)
     run_config = tuner._local_tuner._run_config  # no public way to change a restored run's callbacks
     run_config.callbacks = [c for c in run_config.callbacks or [] if type(c).__name__ == "TBXLoggerCallback"
                             or isinstance(c, EndedTrialCheckpoints)] + resume_callbacks(space, exp, args)
@@ -366,7 +369,8 @@ def make_tuner(space: Space, trainable, exp: Experiment, info: DataInfo, args: a
     run_config = tune.RunConfig(
         name=exp.name, storage_path=exp.storage, callbacks=make_callbacks(space, exp, args),
         verbose=0,  # Ray's tables: the Console callback prints one line per event instead
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # All kept by Ray; EndedTrialCheckpoints removes what Ray's saved state no longer needs.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]))
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, exp, info, args.seed, budget), scheduler=scheduler,
                                   num_samples=s["num_samples"], metric=s["metric"], mode=s["mode"],

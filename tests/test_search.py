@@ -107,7 +107,7 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
     argv = [sys.executable, "-m", "tuning.search", "--space", "smoke", "--storage", str(tmp_path), "--name", "i",
-            "--no-dashboard", "--set", "num_samples=6", "--set", "epochs=8", "--set", "grace_period=8"]
+            "--no-dashboard", "--set", "num_samples=6", "--set", "epochs=30", "--set", "grace_period=30"]  # ~5 s a trial
     proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 180

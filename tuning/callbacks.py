@@ -15,12 +15,13 @@ the trial from a checkpoint already deleted, and lost it.)
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 
 import pyarrow.fs
 from ray.tune import Callback
+
+from tuning.experiment import newest_state, state_entries
 
 CHECK_EVERY_S = 5.0  # how often the saved experiment state is looked at while trials wait
 
@@ -54,21 +55,14 @@ def saved_checkpoints(fs: pyarrow.fs.FileSystem, experiment_path: str) -> dict[s
     """trial id -> the checkpoint folder Ray's newest saved state would resume it from (None when
     no state can be read now: nothing is removed on a guess)."""
     try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
-        names = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-")
-                       and i.base_name.endswith(".json"))
-        if not names:
+        name = newest_state(fs, experiment_path)
+        if name is None:
             return None
-        with fs.open_input_stream(f"{experiment_path}/{names[-1]}") as f:
-            state = json.loads(f.read())
-        out = {}
-        for trial, meta in state["trial_data"]:
-            trial = json.loads(trial) if isinstance(trial, str) else trial
-            meta = json.loads(meta) if isinstance(meta, str) else meta
-            name = (meta.get("last_result") or {}).get("checkpoint_dir_name")
-            if isinstance(name, str):
-                out[str(trial["trial_id"])] = name
-        return out
+        with fs.open_input_stream(f"{experiment_path}/{name}") as f:
+            entries = state_entries(f.read())
+        names = {str(trial["trial_id"]): (meta.get("last_result") or {}).get("checkpoint_dir_name")
+                 for trial, meta in entries}
+        return {trial_id: name for trial_id, name in names.items() if isinstance(name, str)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # being written, or not Ray's
         return None
 

@@ -37,7 +37,7 @@ def rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> set[int]
     return out
 
 
-def first_line(text: str | None) -> str:
+def error_line(text: str | None) -> str:
     """The line that says what went wrong: the last non-empty line of a traceback."""
     lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "(no error text)"
@@ -105,7 +105,7 @@ class Console(Callback):
                  f"{epochs} epoch{'s' * (epochs != 1)}  {self.value(last)}{best}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.say("failed", trial, first_line(_error_text(trial)))
+        self.say("failed", trial, error_line(_error_text(trial)))
 
     def on_step_end(self, iteration, trials, **info):
         if self.level >= NORMAL and time.monotonic() >= self.next_status:

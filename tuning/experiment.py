@@ -250,20 +250,13 @@ class Experiment:
         blobs) are never decoded, so a crafted experiment folder cannot run code here (README,
         "Trust"). Trial folders the state does not list (started after Ray's last snapshot, then
         killed) are not trials."""
-        import pyarrow.fs
-
-        fs, path = self._fs()
-        names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(path))
-                       if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
-        if not names:
+        name = newest_state(*self._fs())
+        if name is None:
             return []
-        try:  # the names end in the run's start time: the last is the newest run (a resume)
-            state = json.loads(self._read(names[-1]))
-            entries = [[json.loads(part) if isinstance(part, str) else part for part in entry]
-                       for entry in state["trial_data"]]
-            return [RayTrial.of(trial, meta, self) for trial, meta in entries]
+        try:
+            return [RayTrial.of(trial, meta, self) for trial, meta in state_entries(self._read(name))]
         except (ValueError, KeyError, TypeError) as exc:
-            raise NotAnExperimentError(f"{self.uri}/{names[-1]}: not a Ray Tune experiment state ({exc!r})") from None
+            raise NotAnExperimentError(f"{self.uri}/{name}: not a Ray Tune experiment state ({exc!r})") from None
 
     def trials(self):
         """One row per trial: trial_id, every config key as a column, status, epochs_run, the best
@@ -324,6 +317,25 @@ class Experiment:
     def trial_config(trial_path: str | Path) -> dict:
         """The flat config a trial ran with (its params.json)."""
         return json.loads((Path(trial_path) / PARAMS_FILE).read_text())
+
+
+def newest_state(fs, path: str) -> str | None:
+    """The name of the newest experiment_state-*.json in the experiment folder `path` on the
+    pyarrow filesystem `fs` (the names end in the run's start time: the last is the newest run,
+    a resume), or None."""
+    import pyarrow.fs
+
+    names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(path))
+                   if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
+    return names[-1] if names else None
+
+
+def state_entries(raw: bytes) -> list[tuple[dict, dict]]:
+    """A Ray Tune experiment state's (trial, run metadata) pairs, as JSON only: its pickled fields
+    (cloudpickle blobs) are never decoded. Raises ValueError, KeyError or TypeError on other content."""
+    state = json.loads(raw)
+    return [tuple(json.loads(part) if isinstance(part, str) else part for part in entry)
+            for entry in state["trial_data"]]
 
 
 def config_columns(trials) -> list[str]:

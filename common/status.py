@@ -7,6 +7,7 @@ DIVERGED = "diverged"  # a non-finite loss ended it; its scores mislead
 ERROR = "error"  # it raised
 RUNNING = "running"  # pending, running or paused
 FINISHED = (COMPLETED, PRUNED)  # the trials whose validation scores may be ranked
+CONFIG_ERROR = "config_error"  # the result key of a trial whose config cannot run (its message)
 
 
 def trial_status(ray_status: str | None, last: dict | None, max_epochs: int) -> str:
@@ -16,6 +17,8 @@ def trial_status(ray_status: str | None, last: dict | None, max_epochs: int) -> 
     if ray_status in ("PENDING", "RUNNING", "PAUSED"):
         return RUNNING
     last = last or {}
+    if last.get(CONFIG_ERROR):  # it ended at once on its config (tuning.trainable): an error, not retried
+        return ERROR
     if last.get("diverged"):
         return DIVERGED
     return COMPLETED if last.get("epoch", 0) >= max_epochs else PRUNED

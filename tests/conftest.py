@@ -27,6 +27,17 @@ def _own_ray_token() -> None:
 _own_ray_token()
 
 
+def _own_manifest_key() -> None:
+    """The searches the tests run sign their resume state with a key of the session's own, not the
+    user's ~/.config/headsweep/manifest.key (tuning/manifest.py)."""
+    import tempfile
+
+    os.environ.setdefault("HEADSWEEP_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="hs-key-")) / "manifest.key"))
+
+
+_own_manifest_key()
+
+
 @pytest.fixture(autouse=True)
 def _fast_tier_stays_fast(request, monkeypatch):
     """Under `make test-fast`, a test that starts Ray or a Python subprocess fails: mark it slow."""

@@ -176,6 +176,13 @@ def _saved(root: Path, argv: list[str] | None = ["--space", "smoke", "--set", "e
     return root
 
 
+def _ray_saved(root: Path) -> Path:
+    """`_saved`, plus a tuner.pkl as Ray writes it (here: one that would run code), no manifest."""
+    _saved(root)
+    (root / "e" / "tuner.pkl").write_bytes(pickle.dumps(Crafted(root / "marker")))
+    return root
+
+
 def _file(root: Path) -> Path:
     (root / "afile").write_text("x")
     return root / "afile"
@@ -227,6 +234,9 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
      "spec.json is missing or records no argv"),
     ("search", lambda t: SMOKE + ["--callback", "comet"], "argument --callback: invalid choice: 'comet'"),
     ("search", lambda t: SMOKE + ["-q", "-v"], "argument -v/--verbose: not allowed with argument -q/--quiet"),
+    ("search", lambda t: SMOKE + ["--trust-state"], "--trust-state applies to --resume only"),
+    ("search", lambda t: ["--storage", str(_ray_saved(t)), "--name", "e", "--resume"],
+     "headsweep-manifest.json is missing: this experiment's resume state was not recorded by headsweep"),
     ("retrain", lambda t: [str(_experiment(t)), "--gpus-per-task", "1"],
      "--gpus-per-task=1.0 is more than there are (0 GPUs)"),
     ("retrain", lambda t: [str(_experiment(t)), "--cpus-per-task", "64"], "--cpus-per-task=64 is more than the"),

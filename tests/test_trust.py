@@ -9,11 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow.fs
+import pytest
 import torch
 
 import analysis
 from analysis import report
-from tuning import trainable
+from tuning import manifest, trainable
 from tuning.callbacks import EndedTrialCheckpoints
 
 
@@ -159,3 +160,124 @@ def test_keep_best_keeps_the_last_checkpoint_of_the_best_trial_of_each_pair(tmp_
     cb.on_experiment_end([])
     # softmax: b (1.0) beat a (1.5) and then c (3.0) did not beat b; gumbel: e diverged, so d stays.
     assert _left(tmp_path) == {"a": [], "b": ["checkpoint_000001"], "c": [], "d": ["checkpoint_000001"], "e": []}
+
+
+# ----------------------------------------------------------------------------- the resume manifest
+def _state_folder(root: Path) -> Path:
+    folder = root / "exp"
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(b"tuner")
+    (folder / "experiment_state-1.json").write_text("{}")
+    (folder / "searcher-state-1.pkl").write_bytes(b"searcher")
+    (folder / "spec.json").write_text("{}")  # headsweep's own, read as JSON only: not listed
+    return folder
+
+
+def _verify(folder: Path) -> int:
+    return manifest.verify(pyarrow.fs.LocalFileSystem(), str(folder))
+
+
+def test_the_manifest_accepts_what_it_recorded_and_names_what_it_did_not(tmp_path):
+    folder = _state_folder(tmp_path)
+    manifest.record(folder)
+    assert _verify(folder) == 3
+    (folder / "searcher-state-1.pkl").write_bytes(b"searcher, next save")  # a later save: recorded again
+    manifest.record(folder)
+    (folder / "searcher-state-1.pkl").write_bytes(b"searcher")  # one save back (a copy cut short): still ours
+    assert _verify(folder) == 3
+    (folder / "searcher-state-1.pkl").write_bytes(b"searc")  # truncated
+    with pytest.raises(manifest.UntrustedStateError, match=r"searcher-state-1.pkl differs from what headsweep"):
+        _verify(folder)
+    (folder / "searcher-state-1.pkl").write_bytes(b"searcher")
+    (folder / "experiment_state-2.json").write_text("{}")  # newer, so the one Ray would restore
+    with pytest.raises(manifest.UntrustedStateError, match=r"experiment_state-2.json is not in the experiment's"):
+        _verify(folder)
+    (folder / "experiment_state-2.json").unlink()
+    (folder / "tuner.pkl").unlink()
+    with pytest.raises(manifest.UntrustedStateError, match=r"tuner.pkl is missing \(the manifest lists it\)"):
+        _verify(folder)
+
+
+def test_a_manifest_signed_elsewhere_or_edited_is_refused(tmp_path, monkeypatch):
+    folder = _state_folder(tmp_path)
+    with pytest.raises(manifest.UntrustedStateError, match="headsweep-manifest.json is missing"):
+        _verify(folder)
+    monkeypatch.setenv("HEADSWEEP_KEY_FILE", str(tmp_path / "theirs.key"))
+    manifest.record(folder)  # the sender's machine
+    monkeypatch.setenv("HEADSWEEP_KEY_FILE", str(tmp_path / "mine.key"))
+    manifest.load_key(create=True)
+    with pytest.raises(manifest.UntrustedStateError, match="not signed with this machine's key"):
+        _verify(folder)
+    monkeypatch.setenv("HEADSWEEP_KEY_FILE", str(tmp_path / "theirs.key"))
+    assert _verify(folder) == 3
+    data = json.loads((folder / manifest.MANIFEST_FILE).read_text())
+    data["files"]["searcher-state-1.pkl"] = [manifest.digest(b"crafted")]  # a hash changed, the signature not
+    (folder / manifest.MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(manifest.UntrustedStateError, match="not signed with this machine's key"):
+        _verify(folder)
+    assert oct((tmp_path / "mine.key").stat().st_mode & 0o777) == "0o600"
+
+
+def _resume(storage: Path, name: str, *extra: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tuning.search", "--storage", str(storage), "--name", name,
+                           "--no-dashboard", "--resume", *extra], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_resume_refuses_crafted_or_truncated_state_and_runs_none_of_it(smoke_experiment, tmp_path):
+    import shutil
+
+    source, code, _ = smoke_experiment
+    assert code == 0 and (source / manifest.MANIFEST_FILE).exists()
+    marker = tmp_path / "marker"
+    searcher = next(source.glob("searcher-state-*.pkl")).name
+    state = next(source.glob("experiment_state-*.json")).name
+    crafted = {  # the file changed -> what resume must say
+        "tuner.pkl": lambda p: p.write_bytes(pickle.dumps(Crafted(marker))),
+        searcher: lambda p: p.write_bytes(pickle.dumps(Crafted(marker))),
+        state: lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "runner_data": _blob(marker)})),
+        "truncated": lambda p: None,
+    }
+    for i, (name, craft) in enumerate(crafted.items()):
+        exp = tmp_path / f"c{i}"
+        shutil.copytree(source, exp)
+        target = exp / (searcher if name == "truncated" else name)
+        if name == "truncated":
+            target.write_bytes(target.read_bytes()[:100])
+        else:
+            craft(target)
+        done = _resume(tmp_path, f"c{i}")
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{exp}/{target.name}" in lines[0] and "Traceback" not in done.stderr, lines
+        assert not marker.exists()
+    # A copy of the finished experiment, unchanged, resumes (the manifest follows the folder) and
+    # keeps its 12 trials.
+    shutil.copytree(source, tmp_path / "same")
+    done = _resume(tmp_path, "same")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(analysis.load(tmp_path / "same")) == 12
+
+
+@pytest.mark.slow
+def test_reporting_and_retraining_a_crafted_real_experiment_run_none_of_its_pickles(smoke_experiment, tmp_path):
+    import shutil
+
+    from analysis import retrain
+
+    exp, marker = tmp_path / "smoke", tmp_path / "marker"
+    shutil.copytree(smoke_experiment[0], exp, ignore=shutil.ignore_patterns("analysis"))
+    for pkl in [exp / "tuner.pkl", *exp.glob("searcher-state-*.pkl"), *exp.glob("*/params.pkl")]:
+        pkl.write_bytes(pickle.dumps(Crafted(marker)))
+    for trial in exp.glob("*/params.json"):
+        (trial.parent / "error.pkl").write_bytes(pickle.dumps(Crafted(marker)))
+    state = next(exp.glob("experiment_state-*.json"))
+    state.write_text(json.dumps({**json.loads(state.read_text()), "runner_data": _blob(marker)}))
+    assert len(analysis.load(exp)) == 12
+    assert report.main([str(exp)]) == 0
+    assert retrain.main([str(exp), "--seeds", "1", "--epochs", "1"]) == 0
+    assert not marker.exists()

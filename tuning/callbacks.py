@@ -16,11 +16,14 @@ the trial from a checkpoint already deleted, and lost it.)
 from __future__ import annotations
 
 import math
+import sys
 import time
+from pathlib import Path
 
 import pyarrow.fs
 from ray.tune import Callback
 
+from tuning import manifest
 from tuning.experiment import newest_state, state_entries
 
 CHECK_EVERY_S = 5.0  # how often the saved experiment state is looked at while trials wait
@@ -125,3 +128,33 @@ class EndedTrialCheckpoints(Callback):
         for ended_at, trial in [w for w in self.waiting if w[0] < saved_at]:
             remove_checkpoints(trial.storage.storage_filesystem, trial.path, keep_last=trial.path in kept)
         self.waiting = [w for w in self.waiting if w[0] >= saved_at]
+
+
+class StateManifest(Callback):
+    """Signs the files a resume would unpickle (`tuning.manifest`), each time Ray saves them.
+
+    Ray saves its state in a staging folder on the driver (the experiment state, then the
+    searcher's, then the callbacks' through `get_state`) and then copies the folder into the
+    experiment. `get_state` runs after the pickles are written and before the copy, so the
+    manifest written there travels with exactly the files it describes. It returns None:
+    nothing of it is pickled.
+    """
+
+    def __init__(self):
+        self.trials: list = []  # Ray's own list of the experiment's trials, as on_step_begin hands it
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.trials = trials
+
+    def get_state(self):
+        if self.trials:
+            storage = self.trials[0].storage
+            try:
+                staging = Path(storage.experiment_driver_staging_path)
+                tuner = f"{storage.experiment_fs_path}/tuner.pkl"
+                with storage.storage_filesystem.open_input_stream(tuner) as f:
+                    extra = {"tuner.pkl": f.read()}  # written once into the experiment, never staged
+                manifest.record(staging, {} if (staging / "tuner.pkl").exists() else extra)
+            except OSError as exc:  # a failed save must not end the search: the next one writes it
+                print(f"headsweep: manifest not written this time: {exc}", file=sys.stderr)
+        return None

@@ -118,6 +118,10 @@ class TrainConfig:
         heads.HEADS.check(self.head, self.head_kwargs, f"head {self.head!r} (keys head_*)")
 
 
+class ConfigError(ValueError):
+    """A config that cannot run on this data: the same config fails the same way every time."""
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f"config key {key!r}={value!r} is out of range: must be {allowed}")

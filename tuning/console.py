@@ -22,7 +22,7 @@ import time
 from ray.tune import Callback
 
 from common.cli import clip, short
-from common.status import COMPLETED, DIVERGED, trial_status
+from common.status import COMPLETED, CONFIG_ERROR, DIVERGED, ERROR, trial_status
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 STATUS_EVERY_S = 30.0
@@ -85,6 +85,8 @@ class Console(Callback):
             self.say("start", trial, params)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(CONFIG_ERROR):
+            return  # not an epoch: on_trial_complete says "failed"
         self.note_best(trial, result)
         epoch = result.get("training_iteration")
         if self.level >= VERBOSE or (self.level >= NORMAL and epoch in self.rung_epochs):
@@ -93,9 +95,12 @@ class Console(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         status = trial_status("TERMINATED", last, self.max_epochs)
-        if self.level < NORMAL and status != DIVERGED:
+        if self.level < NORMAL and status not in (DIVERGED, ERROR):
             return
         epochs = last.get("training_iteration", 0)
+        if status == ERROR:  # its config cannot run: ended at once, not retried (tuning.trainable)
+            self.say("failed", trial, f"config error: {last.get(CONFIG_ERROR)}")
+            return
         if status == DIVERGED:
             self.say(status, trial, f"after {epochs} epochs: {last.get('reason', 'non-finite loss')}")
             return

@@ -21,7 +21,7 @@ from torch import nn
 import heads
 import models
 from common.status import COMPLETED, DIVERGED
-from tuning.config import TrainConfig
+from tuning.config import ConfigError, TrainConfig
 from tuning.data import Split
 from tuning.loader import DeviceLoader, channel_stats
 from tuning.optim import make_optimizer
@@ -242,7 +242,10 @@ def _epoch(run: _Run, val: DeviceLoader | None) -> dict:
 def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
         state: dict | None = None) -> FitResult:
     """Train for cfg.epochs (continuing from `state` if given) and validate after every epoch."""
-    run = _build_run(cfg, split)
+    try:
+        run = _build_run(cfg, split)
+    except ValueError as exc:  # before any training: the config (with this data) is at fault
+        raise ConfigError(str(exc)) from exc
     if state is not None:
         load_state(run, state)
     val = run.trained.loader(split.x_val, split.y_val) if len(split.y_val) else None

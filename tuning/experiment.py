@@ -22,8 +22,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from common.status import ERROR, FINISHED, trial_status
-from tuning import data
+from common.status import CONFIG_ERROR, ERROR, FINISHED, trial_status
+from tuning import data, manifest
 
 SPEC_FILE = "spec.json"
 JOURNAL_FILE = "optuna.log"
@@ -145,6 +145,18 @@ class Experiment:
         fs, path = self._fs()
         return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
+    def has_ray_state(self) -> bool:
+        """Whether Ray Tune has written its resume state here (tuner.pkl, at the search's start)."""
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        return fs.get_file_info(f"{path}/tuner.pkl").type == pyarrow.fs.FileType.File
+
+    def verify_state(self) -> int:
+        """Check Ray's resume state against the signed manifest the search wrote (tuning.manifest);
+        raises UntrustedStateError naming the file that fails. Nothing here is unpickled."""
+        return manifest.verify(*self._fs())
+
     # ------------------------------------------------------------------ spec and studies
     def study_name(self, label: str) -> str:
         """The Optuna study of one (arch, head) pair, or of the joint search: named once, at creation."""
@@ -250,6 +262,10 @@ class Experiment:
         blobs) are never decoded, so a crafted experiment folder cannot run code here (README,
         "Trust"). Trial folders the state does not list (started after Ray's last snapshot, then
         killed) are not trials."""
+        return self.read_ray_trials()
+
+    def read_ray_trials(self) -> list[RayTrial]:
+        """`_ray_trials`, read anew."""
         name = newest_state(*self._fs())
         if name is None:
             return []
@@ -257,6 +273,10 @@ class Experiment:
             return [RayTrial.of(trial, meta, self) for trial, meta in state_entries(self._read(name))]
         except (ValueError, KeyError, TypeError) as exc:
             raise NotAnExperimentError(f"{self.uri}/{name}: not a Ray Tune experiment state ({exc!r})") from None
+
+    def ended_trial_ids(self) -> set[str]:
+        """The trials Ray's saved state lists as ended (completed, pruned, diverged or failed), read now."""
+        return {t.trial_id for t in self.read_ray_trials() if t.status in ("TERMINATED", "ERROR")}
 
     def trials(self):
         """One row per trial: trial_id, every config key as a column, status, epochs_run, the best
@@ -277,11 +297,12 @@ class Experiment:
             row.update({f"best_{m}": frame.loc[best_i, m] for m in METRICS if m in frame})
             row["best_epoch"] = int(frame.loc[best_i, "epoch"])
             row.update({f"last_{m}": frame[m].iloc[-1] for m in METRICS if m in frame})
-            row.update(epoch_time_s=frame["epoch_time_s"].mean(), images_per_s=frame["images_per_s"].mean(),
-                       time_total_s=frame["epoch_time_s"].sum())
+            if "epoch_time_s" in frame:  # (a trial that ended on its config trained no epoch)
+                row.update(epoch_time_s=frame["epoch_time_s"].mean(), images_per_s=frame["images_per_s"].mean(),
+                           time_total_s=frame["epoch_time_s"].sum())
             if "node_id" in frame:  # the Ray node of its last epoch
                 row["node_id"] = frame["node_id"].iloc[-1]
-        row["error"] = trial.error() if row["status"] == ERROR else None
+        row["error"] = (trial.error() or trial.last_result.get(CONFIG_ERROR)) if row["status"] == ERROR else None
         return row
 
     def _best_epoch(self, frame):

@@ -17,10 +17,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from common.status import DIVERGED, PRUNED, trial_status
+from common.status import DIVERGED, ERROR, PRUNED, trial_status
 from tuning.pairs import trial_folder
 
-_OPTUNA_STATE = {PRUNED: TrialState.PRUNED, DIVERGED: TrialState.FAIL}  # completed: Ray's own tell
+_OPTUNA_STATE = {PRUNED: TrialState.PRUNED, DIVERGED: TrialState.FAIL, ERROR: TrialState.FAIL}  # completed: Ray's own tell
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -47,6 +47,18 @@ class PruningAwareOptunaSearch(OptunaSearch):
                                            pruner=old.pruner)
         self._ot_trials = {tid: optuna.Trial(self._ot_study, t._trial_id) for tid, t in self._ot_trials.items()}
         self.journal = journal
+        self.adopt_orphans()
+
+    def adopt_orphans(self) -> None:
+        """After a killed driver: the Optuna trials it asked for after Ray's last saved state are
+        RUNNING in the journal and unknown to Ray. The next Ray trials take them over (`suggest`),
+        so each such config is the same Optuna trial, trained once, not proposed again. The
+        sampler's random state is the saved one, which drew those very configs: it is reseeded,
+        or the next proposals would repeat them."""
+        known = {t._trial_id for t in self._ot_trials.values()}
+        self._orphans = [t._trial_id for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                         if t._trial_id not in known]
+        self._ot_study.sampler.reseed_rng()
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
@@ -55,9 +67,15 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._ot_study.set_metric_names([self._metric])
 
     def suggest(self, trial_id: str) -> dict | None:
+        orphans = self.__dict__.setdefault("_orphans", [])
+        adopted = bool(orphans) and trial_id not in self._ot_trials
+        if adopted:  # its parameters are set: the define-by-run space returns them as they were
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphans.pop(0))
         config = super().suggest(trial_id)
         trial = self._ot_trials.get(trial_id)
-        if config is not None and trial is not None and "ray_trial_id" not in trial.user_attrs:
+        if config is not None and trial is not None and (adopted or "ray_trial_id" not in trial.user_attrs):
+            if adopted:
+                trial.set_user_attr("orphaned_ray_trial_id", trial.user_attrs.get("ray_trial_id"))
             trial.set_user_attr("ray_trial_id", trial_id)
             trial.set_user_attr("ray_trial_dir", f"{self._experiment}/{trial_folder(config, trial_id)}")
         return config
@@ -73,7 +91,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # already reported at this step: Optuna ignores it
                 trial.report(result[self.metric], step=result.get("training_iteration", result["epoch"]))
-        self._ot_study.tell(trial, state=state)
+        # skip_if_finished: a trial that ended after Ray's last saved state was told then; Ray
+        # resumed it from that state and ends it again.
+        self._ot_study.tell(trial, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
     def _early_state(self, result: dict | None, error: bool) -> TrialState | None:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                    help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, which "
                         "`ray job submit` sets; else a local Ray for this search)")
+    p.add_argument("--trust-state", action="store_true",
+                   help="with --resume: resume although the experiment's state is not in a manifest this machine "
+                        "signed (an experiment from an older headsweep that you wrote yourself): Ray unpickles it")
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                    help="start the Ray dashboard (local Ray only)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="address the dashboard binds to")
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that say how this run of the search goes, not what it searches: a resume may change them.
-SESSION_FLAGS = ("storage", "name", "resume", "address", "dashboard", "dashboard_host", "callback", "quiet",
+SESSION_FLAGS = ("storage", "name", "resume", "trust_state", "address", "dashboard", "dashboard_host", "callback", "quiet",
                  "verbose", "dry_run", "argv")
 # --callback NAME -> (package it needs, Ray's logger callback class)
 TRACKERS = {"wandb": ("wandb", "ray.air.integrations.wandb.WandbLoggerCallback"),
@@ -292,14 +295,17 @@ def make_callbacks(space: Space, exp: Experiment, args: argparse.Namespace) -> l
 
 
 def resume_callbacks(space: Space, exp: Experiment, args: argparse.Namespace) -> list:
+    """The callbacks made anew by every run, a resumed one too: the console, the trackers, and
+    the manifest of the resume state (it holds no path of the folder it was made in)."""
     from tuning import console
+    from tuning.callbacks import StateManifest
 
     s = space.resolved_settings()
     level = console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.NORMAL
     rung_epochs = console.rungs(s["grace_period"], s["reduction_factor"], space.max_epochs)
     return [console.Console(s["metric"], s["mode"], space.max_epochs, s["num_samples"], set(space.constants),
                             rung_epochs, level),
-            *(tracker(name, exp) for name in args.callback)]
+            StateManifest(), *(tracker(name, exp) for name in args.callback)]
 
 
 def check_trackers(names: list[str]) -> None:
@@ -408,6 +414,10 @@ def run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--resume: no experiment at {exp.uri}; give the --name of an existing one")
     if not args.resume and exp.exists():
         raise ValueError(f"experiment {exp.uri} exists: pass --resume to continue it or choose another --name")
+    if args.trust_state and not args.resume:
+        raise ValueError("--trust-state applies to --resume only")
+    if args.resume and not args.trust_state and exp.has_ray_state():
+        exp.verify_state()  # before anything in the folder is unpickled (README, "Trust")
     if not args.address:  # fail fast, before Ray starts
         check_gpus(args.gpus_per_trial, _local_gpus())
         check_cpus(space.resolved_settings()["cpus_per_trial"], os.cpu_count() or 1, "this machine")
@@ -440,6 +450,12 @@ def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int
             gpus = space.resolved_settings()["gpus_per_trial"]
         print_views(exp, getattr(context, "dashboard_url", None), local=not args.address)
         trainable = make_trainable(space, split, gpus)
+        # Ray saves its state every second, not every 10 s or more: a driver killed after a trial
+        # ended but before the next save resumes that trial from an older checkpoint and trains its
+        # last epochs again. (Every step would close that window, but a save of a 60-trial state
+        # is ~1.3 MB of JSON, ~8 ms, and steps come ten a second. The user's value wins.)
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        ended_before = exp.ended_trial_ids() if args.resume else set()
         if args.resume and tune.Tuner.can_restore(exp.uri):
             tuner = restore_tuner(exp, trainable, space, args)
         else:
@@ -456,6 +472,11 @@ def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int
         if orphans:
             print(f"{orphans} Optuna trial(s) left RUNNING by a killed driver marked FAIL (not results)")
         exp.sync_journal()
+        lost = ended_before - exp.ended_trial_ids()
+        if lost:
+            print(f"error: the resumed search lost {len(lost)} trial(s) that had ended ({', '.join(sorted(lost))}); "
+                  f"the state files before it are still in {exp.uri} (nothing was deleted)", file=sys.stderr)
+            return NOTHING_USABLE
         code = summarize(exp, stopped)
         if stopped:
             print(f"interrupted; continue with: {resume_command(exp)}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The Ray Tune function trainable around `engine.fit`: report + checkpoint every epoch, resume.
 
-The config is validated at trial start: a bad key or value fails this trial alone with
-a message naming it. A diverging trial reports `diverged=True` with its reason and ends;
+The config is validated at trial start: a bad key or value, or a model or head that cannot be
+built on this data, ends this trial alone with a result that names it (`config_error`), not an
+exception, so Ray does not retry what would fail the same way. A diverging trial reports `diverged=True` with its reason and ends;
 the searcher records it as failed. Checkpoints hold weights, optimizer, schedule, RNG
 state and epoch, so a restored trial continues where it stopped.
 """
@@ -16,8 +17,10 @@ import ray
 import torch
 from ray import tune
 
+from common.status import CONFIG_ERROR
 from tuning import engine
-from tuning.config import TrainConfig
+from tuning.config import ConfigError, TrainConfig
+from tuning.experiment import METRICS
 from tuning.data import Split
 
 STATE_FILE = "state.pt"
@@ -54,5 +57,18 @@ def train_trial(config: dict, split: Split) -> None:
     # Ray logs "Checkpoint successfully created" at every epoch of every trial: the search's
     # console says what matters (tuning/console.py).
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    cfg = TrainConfig.from_dict(config)
-    engine.fit(cfg, split, on_epoch=_report, state=_restore_state())
+    try:
+        cfg = TrainConfig.from_dict(config)
+    except ValueError as exc:
+        return _config_error(exc)
+    try:
+        engine.fit(cfg, split, on_epoch=_report, state=_restore_state())
+    except ConfigError as exc:
+        return _config_error(exc)
+
+
+def _config_error(exc: Exception) -> None:
+    """End the trial on a config that cannot run, as its one result: Ray retries a raised error
+    (FailureConfig.max_failures), and this one would come back every time."""
+    tune.report({**{m: float("nan") for m in METRICS}, "epoch": 0, CONFIG_ERROR: str(exc),
+                 "node_id": ray.get_runtime_context().get_node_id()})

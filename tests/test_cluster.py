@@ -98,6 +98,8 @@ def test_search_as_a_ray_job_stops_and_resumes(cluster, tmp_path):
     assert status == 200 and json.loads(body)["status"] == "STOPPED", body
     logs = cluster.run([RAY, "job", "logs", "--address", cluster.dashboard, "hs-j-1"], timeout=60).stdout
     assert "experiment      " in logs and " start " in logs, logs[-3000:]
+    # The job's SIGTERM stopped the search as Ctrl-C does: Ray saved its state and said how to go on.
+    assert "interrupted; continue with:" in logs, logs[-3000:]
 
     second = cluster.run([*job, "--submission-id", "hs-j-2", "--", sys.executable, "-m", "tuning.search", *args,
                           "--resume"], timeout=300, cwd=ROOT)

@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
@@ -464,7 +465,15 @@ def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int
         # at verbosity 0 prints nothing (the Console callback speaks instead).
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         quiet_ray_logs()
-        tuner.fit()
+        # `ray job stop`, a batch scheduler's preemption and Kubernetes send SIGTERM: stop as on
+        # Ctrl-C (Ray stops the trials and saves its state; exit 130), not wherever it is. A trial
+        # that started and ended since Ray's last save would otherwise be lost to Ray and kept
+        # by Optuna.
+        sigterm = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        try:
+            tuner.fit()
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
         stopped = interrupted(exp, space.resolved_settings()["num_samples"])
         # Once the search has ended, an Optuna trial still RUNNING is an orphan of a killed driver;
         # after a Ctrl-C, the running trials' Optuna trials go on when it resumes.

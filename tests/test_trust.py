@@ -113,15 +113,22 @@ def test_an_ended_trial_loses_its_checkpoints_once_rays_state_knows_it_ended(tmp
     a = _trial(tmp_path, "a", "softmax", 2)
     _trial(tmp_path, "b", "softmax", 2)
     state = tmp_path / "experiment_state-x.json"
-    state.write_text("{}")
-    os.utime(state, (time.time() - 60, time.time() - 60))  # saved before a ended
+
+    def save(status_a: str) -> None:  # Ray's saved state, as the experiment folder has it
+        entries = [[json.dumps({"trial_id": t, "status": s}),
+                    json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000001"}})]
+                   for t, s in (("a", status_a), ("b", "RUNNING"))]
+        state.write_text(json.dumps({"trial_data": entries}))
+        os.utime(state, (time.time() + 60, time.time() + 60))  # a new mtime says nothing: a copy of an old save
+
+    save("RUNNING")
     cb.on_trial_result(0, [], a, {"val_acc": 0.4})
     cb.on_trial_complete(0, [], a)
     cb.on_step_end(0, [])
     # A driver killed now resumes a as running, from its checkpoint: it must still be there.
     assert _left(tmp_path) == {"a": ["checkpoint_000000", "checkpoint_000001"],
                                "b": ["checkpoint_000000", "checkpoint_000001"]}
-    os.utime(state, (time.time() + 60, time.time() + 60))  # Ray saved its state since
+    save("TERMINATED")  # Ray saved its state since a ended
     cb.on_step_end(0, [])
     assert _left(tmp_path) == {"a": [], "b": ["checkpoint_000000", "checkpoint_000001"]}  # b still runs
     assert (tmp_path / "a" / "result.json").exists()
@@ -135,7 +142,7 @@ def test_a_running_trial_keeps_the_checkpoint_rays_saved_state_names(tmp_path, m
     cb.on_trial_result(0, [], a, {"val_acc": 0.4})
     cb.on_step_end(0, [])  # no saved state yet: nothing removed on a guess
     assert len(_left(tmp_path)["a"]) == 5
-    entry = [json.dumps({"trial_id": "a"}), json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000002"}})]
+    entry = [json.dumps({"trial_id": "a", "status": "RUNNING"}), json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000002"}})]
     (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": [entry]}))
     cb.on_step_end(0, [])
     assert _left(tmp_path)["a"] == ["checkpoint_000002", "checkpoint_000003", "checkpoint_000004"]

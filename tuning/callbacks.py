@@ -3,8 +3,10 @@
 `EndedTrialCheckpoints` removes a trial's checkpoints once it has ended (ran its epochs,
 stopped by ASHA, or diverged): nothing resumes an ended trial, and a 60-trial search that kept
 two checkpoints of every trial would keep tens of GB. Its metrics (result.json, progress.csv)
-stay. The removal waits until Ray's saved experiment state is newer than the trial's end:
-a driver killed before that snapshot resumes the trial as running, from its checkpoint. A
+stay. The removal waits until Ray's saved experiment state lists the trial as ended (read from
+the file, not its mtime: Ray copies an older save into the folder after the trial ended, and
+a copy's mtime is new): a driver killed before that resumes the trial as running, from its
+checkpoint. A
 trial that failed keeps its checkpoints: `--resume` retries it from there. With `keep_best`,
 the best trial so far of each (arch, head) pair keeps its last checkpoint, its final weights.
 
@@ -44,28 +46,20 @@ def remove_checkpoints(fs: pyarrow.fs.FileSystem, trial_path: str, keep_last: bo
         fs.delete_dir(path)
 
 
-def state_saved_at(fs: pyarrow.fs.FileSystem, experiment_path: str) -> float:
-    """When Ray last saved the experiment state there (seconds since the epoch; 0 if never)."""
-    try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
-    except FileNotFoundError:
-        return 0.0
-    times = [i.mtime.timestamp() for i in infos if i.base_name.startswith("experiment_state-") and i.mtime]
-    return max(times, default=0.0)
-
-
-def saved_checkpoints(fs: pyarrow.fs.FileSystem, experiment_path: str) -> dict[str, str] | None:
-    """trial id -> the checkpoint folder Ray's newest saved state would resume it from (None when
-    no state can be read now: nothing is removed on a guess)."""
+def saved_trials(fs: pyarrow.fs.FileSystem, experiment_path: str) -> dict[str, tuple[str, str | None]] | None:
+    """trial id -> (its status, the checkpoint folder a resume would start it from) in Ray's newest
+    saved state (None when no state can be read now: nothing is removed on a guess)."""
     try:
         name = newest_state(fs, experiment_path)
         if name is None:
             return None
         with fs.open_input_stream(f"{experiment_path}/{name}") as f:
             entries = state_entries(f.read())
-        names = {str(trial["trial_id"]): (meta.get("last_result") or {}).get("checkpoint_dir_name")
-                 for trial, meta in entries}
-        return {trial_id: name for trial_id, name in names.items() if isinstance(name, str)}
+        saved = {}
+        for trial, meta in entries:
+            checkpoint = (meta.get("last_result") or {}).get("checkpoint_dir_name")
+            saved[str(trial["trial_id"])] = (str(trial["status"]), checkpoint if isinstance(checkpoint, str) else None)
+        return saved
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # being written, or not Ray's
         return None
 
@@ -76,7 +70,7 @@ class EndedTrialCheckpoints(Callback):
         self.score: dict[str, float] = {}  # trial_id -> its best metric so far, signed so that larger is better
         self.diverged: set[str] = set()  # their scores mislead: never kept
         self.kept: dict[tuple, tuple[float, str]] = {}  # (arch, head) -> (score, trial folder) of the kept weights
-        self.waiting: list[tuple[float, object]] = []  # (ended at, trial): ended, checkpoints not yet removed
+        self.waiting: list[object] = []  # trials ended, checkpoints not yet removed
         self.running: dict[str, object] = {}  # trial id -> trial: reported, not ended
         self.next_check = 0.0
 
@@ -94,40 +88,41 @@ class EndedTrialCheckpoints(Callback):
             if pair not in self.kept or score > self.kept[pair][0]:
                 replaced = self.kept.get(pair)
                 self.kept[pair] = (score, trial.path)
-                if replaced and not any(t.path == replaced[1] for _, t in self.waiting):  # already settled
+                if replaced and not any(t.path == replaced[1] for t in self.waiting):  # already settled
                     remove_checkpoints(trial.storage.storage_filesystem, replaced[1])
         self.running.pop(trial.trial_id, None)
-        self.waiting.append((time.time(), trial))
+        self.waiting.append(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)  # a failed trial keeps its checkpoints for the retry
 
     def on_step_end(self, iteration, trials, **info):
-        some = next(iter(self.running.values()), None) or (self.waiting[0][1] if self.waiting else None)
+        some = next(iter(self.running.values()), None) or (self.waiting[0] if self.waiting else None)
         if some is not None and time.monotonic() >= self.next_check:
             self.next_check = time.monotonic() + CHECK_EVERY_S
-            fs, path = some.storage.storage_filesystem, some.storage.experiment_fs_path
-            self._settle(state_saved_at(fs, path))
-            self._trim_running(saved_checkpoints(fs, path))
+            saved = saved_trials(some.storage.storage_filesystem, some.storage.experiment_fs_path)
+            if saved is not None:
+                self._settle(lambda trial: saved.get(trial.trial_id, ("",))[0] == "TERMINATED")
+                self._trim_running({t: c for t, (_, c) in saved.items() if c})
 
-    def _trim_running(self, saved: dict[str, str] | None) -> None:
+    def _trim_running(self, saved: dict[str, str]) -> None:
         """Remove a running trial's checkpoints older than the one Ray's saved state names."""
         for trial_id, trial in list(self.running.items()):
-            if saved and trial_id in saved:
+            if trial_id in saved:
                 fs = trial.storage.storage_filesystem
                 for path in checkpoint_dirs(fs, trial.path):
                     if path.rsplit("/", 1)[-1] < saved[trial_id]:
                         fs.delete_dir(path)
 
     def on_experiment_end(self, trials, **info):
-        self._settle(math.inf)
+        self._settle(lambda trial: True)
 
-    def _settle(self, saved_at: float) -> None:
-        """Remove the checkpoints of the trials that ended before the experiment state was saved."""
+    def _settle(self, recorded_ended) -> None:
+        """Remove the checkpoints of the ended trials that Ray's saved state records as ended."""
         kept = {path for _, path in self.kept.values()}
-        for ended_at, trial in [w for w in self.waiting if w[0] < saved_at]:
+        for trial in [t for t in self.waiting if recorded_ended(t)]:
             remove_checkpoints(trial.storage.storage_filesystem, trial.path, keep_last=trial.path in kept)
-        self.waiting = [w for w in self.waiting if w[0] >= saved_at]
+        self.waiting = [t for t in self.waiting if not recorded_ended(t)]
 
 
 class StateManifest(Callback):

@@ -249,33 +249,33 @@ def test_every_space_pickles_as_ray_saves_the_searcher(name):
     assert restored(study.ask())["dataset"] == "cifar100"
 
 
-def test_pruning_aware_searcher_tells_pruned_fail_and_complete():
-    from optuna.trial import TrialState
-
-    from tuning.optuna_pruned import PruningAwareOptunaSearch
-
-    def space(trial):
-        trial.suggest_float("lr", 1e-3, 1e-1, log=True)
-
-    searcher = PruningAwareOptunaSearch(space=space, metric="val_acc", mode="max", max_epochs=4)
-    for trial_id, result in (("a", {"epoch": 2, "training_iteration": 2, "val_acc": 0.3}),
-                             ("b", {"epoch": 4, "training_iteration": 4, "val_acc": 0.5}),
-                             ("c", {"epoch": 1, "training_iteration": 1, "val_acc": 0.0, "diverged": True})):
-        searcher.suggest(trial_id)
-        searcher.on_trial_complete(trial_id, result)
-    trials = searcher._ot_study.trials
-    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
-    assert trials[0].value == 0.3 and trials[1].value == 0.5
-
-
 def _two_params(trial):  # module level: Ray pickles the searcher with its space
     trial.suggest_float("lr", 1e-3, 1e-1, log=True)
     trial.suggest_categorical("batch_size", [32, 64, 128, 256])
 
 
+def test_pruning_aware_searcher_tells_pruned_fail_and_complete(tmp_path):
+    from optuna.trial import TrialState
+
+    from tuning.optuna_pruned import PruningAwareOptunaSearch
+
+    searcher = PruningAwareOptunaSearch(space=_two_params, metric="val_acc", mode="max", max_epochs=4)
+    for trial_id, result in (("a", {"epoch": 2, "training_iteration": 2, "val_acc": 0.3}),
+                             ("b", {"epoch": 4, "training_iteration": 4, "val_acc": 0.5}),
+                             ("c", {"epoch": 1, "training_iteration": 1, "val_acc": 0.0, "diverged": True})):
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, result)
+    # Told when Ray saves its state (which records them as ended), not before.
+    assert {t.state for t in searcher._ot_study.trials} == {TrialState.RUNNING}
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    trials = searcher._ot_study.trials
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[0].value == 0.3 and trials[1].value == 0.5
+
+
 def test_a_resumed_searcher_gives_a_killed_drivers_orphan_to_its_next_trial(tmp_path):
-    """The driver saved the searcher after trials a and b, then asked for c and was killed: c is
-    RUNNING in the journal and unknown to the restored searcher. The next Ray trial takes c over
+    """The driver saved the searcher after trials a and b, then asked for c, c ended, and the driver
+    was killed before its next save: c is RUNNING in the journal and unknown to the restored searcher. The next Ray trial takes c over
     (same Optuna trial, same config); the one after gets a new config, not c's again."""
     import optuna
     from optuna.storages import JournalStorage
@@ -291,7 +291,9 @@ def test_a_resumed_searcher_gives_a_killed_drivers_orphan_to_its_next_trial(tmp_
     configs = {tid: searcher.suggest(tid) for tid in ("a", "b")}
     searcher.on_trial_complete("a", {"epoch": 4, "training_iteration": 4, "val_acc": 0.5})
     searcher.save(str(tmp_path / "searcher.pkl"))  # Ray's last save before the kill
-    configs["c"] = searcher.suggest("c")  # then the driver dies
+    configs["c"] = searcher.suggest("c")
+    searcher.on_trial_complete("c", {"epoch": 4, "training_iteration": 4, "val_acc": 0.6})  # before Ray's next save
+    # then the driver dies: c is not told, so it is RUNNING in Optuna as it is unknown to Ray
 
     restored = PruningAwareOptunaSearch(space=_two_params, metric="val_acc", mode="max", max_epochs=4)
     restored.journal = journal  # as search.restore_tuner sets it
@@ -303,6 +305,7 @@ def test_a_resumed_searcher_gives_a_killed_drivers_orphan_to_its_next_trial(tmp_
     assert len(trials) == 4  # a, b, c taken over by d, e: no duplicate Optuna trial
     assert trials[2].user_attrs["ray_trial_id"] == "d" and trials[2].user_attrs["orphaned_ray_trial_id"] == "c"
     restored.on_trial_complete("d", {"epoch": 4, "training_iteration": 4, "val_acc": 0.4})
+    restored.save(str(tmp_path / "searcher.pkl"))
     assert optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(journal))).trials[2].state \
         == TrialState.COMPLETE
 

@@ -81,9 +81,24 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        """Told to Optuna at Ray's next save of its state (`save`), not now: Ray writes the trial
+        as ended in that same save, so a driver killed before it leaves the Optuna trial RUNNING
+        (a resume takes it over, `adopt_orphans`) rather than finished in Optuna and unknown to Ray."""
+        self.__dict__.setdefault("_untold", []).append((trial_id, result, error))
+
+    def tell_ended(self) -> None:
+        untold, self._untold = self.__dict__.get("_untold", []), []
+        for trial_id, result, error in untold:
+            self._tell(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.tell_ended()  # Ray calls this right after writing its experiment state (TuneController.save_to_dir)
+        super().save(checkpoint_path)
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         state = self._early_state(result, error)
         if state is None or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
+            return super().on_trial_complete(trial_id, result, error)  # COMPLETE or FAIL: Ray's tell
         trial = self._ot_trials[trial_id]
         if state == TrialState.PRUNED and self.metric in result:
             # Ray skips on_trial_result for the result on which ASHA stops a trial, so the

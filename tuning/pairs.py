@@ -59,6 +59,9 @@ class PairedSearch(Searcher):
             self.searchers[self.pair_of_trial[trial_id]].on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
+        for searcher in self.searchers.values():
+            if hasattr(searcher, "tell_ended"):  # its ended trials, told as Ray saves them ended
+                searcher.tell_ended()
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__dict__, f)
 

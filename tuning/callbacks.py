@@ -145,11 +145,13 @@ class StateManifest(Callback):
         if self.trials:
             storage = self.trials[0].storage
             try:
-                staging = Path(storage.experiment_driver_staging_path)
-                tuner = f"{storage.experiment_fs_path}/tuner.pkl"
-                with storage.storage_filesystem.open_input_stream(tuner) as f:
-                    extra = {"tuner.pkl": f.read()}  # written once into the experiment, never staged
-                manifest.record(staging, {} if (staging / "tuner.pkl").exists() else extra)
+                staging, extra = Path(storage.experiment_driver_staging_path), {}
+                if not (staging / manifest.TUNER_FILE).exists():  # written into the experiment, not staged
+                    # (a resume's copy of the experiment into staging brings it along)
+                    tuner = f"{storage.experiment_fs_path}/{manifest.TUNER_FILE}"
+                    with storage.storage_filesystem.open_input_stream(tuner) as f:
+                        extra[manifest.TUNER_FILE] = f.read()
+                manifest.record(staging, extra)
             except OSError as exc:  # a failed save must not end the search: the next one writes it
                 print(f"headsweep: manifest not written this time: {exc}", file=sys.stderr)
         return None

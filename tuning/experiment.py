@@ -150,7 +150,7 @@ class Experiment:
         import pyarrow.fs
 
         fs, path = self._fs()
-        return fs.get_file_info(f"{path}/tuner.pkl").type == pyarrow.fs.FileType.File
+        return fs.get_file_info(f"{path}/{manifest.TUNER_FILE}").type == pyarrow.fs.FileType.File
 
     def verify_state(self) -> int:
         """Check Ray's resume state against the signed manifest the search wrote (tuning.manifest);
@@ -221,7 +221,8 @@ class Experiment:
     def fail_orphans(self) -> int:
         """Mark FAIL, with the reason, every Optuna trial still RUNNING once the search has ended:
         a trial the driver asked for and Ray never finished (the driver was killed after starting it
-        and before Ray's next snapshot; the resumed search proposes anew). Returns how many."""
+        and before Ray's next snapshot) that no trial of the resumed search took over (its budget
+        was spent first; PruningAwareOptunaSearch.adopt_orphans). Returns how many."""
         from optuna.trial import TrialState
 
         storage, n = self.journal_storage(), 0

@@ -25,6 +25,7 @@ import secrets
 from pathlib import Path
 
 MANIFEST_FILE = "headsweep-manifest.json"
+TUNER_FILE = "tuner.pkl"  # Ray's Tuner, written into the experiment when the search starts
 KEEP = 3
 NOT_STATE = {"spec.json", MANIFEST_FILE}  # headsweep's own JSON, read as JSON only
 

@@ -29,7 +29,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def restore(self, checkpoint_path: str) -> None:
-        journal = self.__dict__.get("journal")  # set by this run (`use_journal_on_restore`), not pickled
+        journal = self.__dict__.get("journal")  # set by this run (search.restore_tuner), not the pickled one
         super().restore(checkpoint_path)
         if journal:
             self.use_journal(journal)

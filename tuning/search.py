@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 import search_spaces
-from common.cli import INTERRUPTED, NOTHING_USABLE, ArgumentParser, check_cpus, check_gpus, clip, guard, short
+from common.cli import (INTERRUPTED, NOTHING_USABLE, WIDTH, ArgumentParser, check_cpus, check_gpus, clip, guard,
+                        short)
 from common.status import DIVERGED, ERROR, FINISHED, RUNNING
 from search_spaces._registry import DataInfo, Pair, Space, define_by_run, sample_config
 from search_spaces.spaces import baseline
@@ -481,7 +482,7 @@ def _run_with_ray(args, space: Space, exp: Experiment, split: data.Split) -> int
         if orphans:
             print(f"{orphans} Optuna trial(s) left RUNNING by a killed driver marked FAIL (not results)")
         exp.sync_journal()
-        lost = ended_before - exp.ended_trial_ids()
+        lost = ended_before - exp.ended_trial_ids() if ended_before else set()
         if lost:
             print(f"error: the resumed search lost {len(lost)} trial(s) that had ended ({', '.join(sorted(lost))}); "
                   f"the state files before it are still in {exp.uri} (nothing was deleted)", file=sys.stderr)
@@ -546,7 +547,7 @@ def summarize(exp: Experiment, stopped: bool = False) -> int:
     if len(trials):
         per_pair = trials.groupby(["arch", "head"]).size()
         print(textwrap.fill(f"trials per (backbone, head) ({exp.spec.get('budget', 'joint')} budget): "
-                            + ", ".join(f"{a}/{h}={n}" for (a, h), n in per_pair.items()), 120,
+                            + ", ".join(f"{a}/{h}={n}" for (a, h), n in per_pair.items()), WIDTH,
                             subsequent_indent="  "))
     if "path" in trials and not exp.is_uri:
         sizes = [folder_bytes(Path(p)) for p in trials["path"]]

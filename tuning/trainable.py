@@ -20,8 +20,8 @@ from ray import tune
 from common.status import CONFIG_ERROR
 from tuning import engine
 from tuning.config import ConfigError, TrainConfig
-from tuning.experiment import METRICS
 from tuning.data import Split
+from tuning.experiment import METRICS
 
 STATE_FILE = "state.pt"
 

@@ -184,12 +184,57 @@ def _verify(folder: Path) -> int:
     return manifest.verify(pyarrow.fs.LocalFileSystem(), str(folder))
 
 
+def _record(folder: Path, staging: Path | None = None) -> None:
+    manifest.record(pyarrow.fs.LocalFileSystem(), str(folder), staging)
+
+
+def _save(staging: Path, exp: Path, n: int) -> None:
+    """One Ray save: state files written into staging, recorded (StateManifest.get_state), copied."""
+    (staging / "experiment_state-1.json").write_text(json.dumps({"save": n}))
+    (staging / "searcher-state-1.pkl").write_bytes(b"searcher %d" % n)
+    _record(exp, staging)
+    for p in staging.iterdir():
+        (exp / p.name).write_bytes(p.read_bytes())
+
+
+def test_a_copy_cut_short_by_a_kill_is_put_back_from_the_last_whole_save(tmp_path):
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    staging.mkdir(), exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(b"tuner")  # Ray writes it into the experiment, not staging
+    for n in range(6):
+        _save(staging, exp, n)
+    assert manifest.repair(pyarrow.fs.LocalFileSystem(), str(exp)) == [] and _verify(exp) == 3
+    kept = exp / manifest.BACKUP_DIR
+    assert (kept / "searcher-state-1.pkl").read_bytes() == b"searcher 4"  # the save before the last
+    # The seventh save is recorded; the driver dies while Ray copies it: one file new, one cut short.
+    (staging / "experiment_state-1.json").write_text(json.dumps({"save": 6}))
+    (staging / "searcher-state-1.pkl").write_bytes(b"searcher 6")
+    _record(exp, staging)
+    (exp / "experiment_state-1.json").write_text(json.dumps({"save": 6}))
+    (exp / "searcher-state-1.pkl").write_bytes(b"searc")
+    with pytest.raises(manifest.UntrustedStateError, match="searcher-state-1.pkl differs"):
+        _verify(exp)
+    assert manifest.repair(pyarrow.fs.LocalFileSystem(), str(exp)) == ["searcher-state-1.pkl"]
+    assert (exp / "searcher-state-1.pkl").read_bytes() == b"searcher 5" and _verify(exp) == 3
+    # A file that vanished is put back too; a crafted backup is not (the manifest never listed it).
+    (exp / "searcher-state-1.pkl").unlink()
+    (kept / "experiment_state-1.json").write_text("crafted")
+    (exp / "experiment_state-1.json").write_text("crafted too")
+    assert manifest.repair(pyarrow.fs.LocalFileSystem(), str(exp)) == ["searcher-state-1.pkl"]
+    with pytest.raises(manifest.UntrustedStateError, match="experiment_state-1.json differs"):
+        _verify(exp)
+    # Nothing is put back under a manifest signed with another key.
+    (exp / "searcher-state-1.pkl").write_bytes(b"searc")
+    (exp / manifest.MANIFEST_FILE).write_text(json.dumps({"files": {}, "signature": "0" * 64}))
+    assert manifest.repair(pyarrow.fs.LocalFileSystem(), str(exp)) == []
+
+
 def test_the_manifest_accepts_what_it_recorded_and_names_what_it_did_not(tmp_path):
     folder = _state_folder(tmp_path)
-    manifest.record(folder)
+    _record(folder)
     assert _verify(folder) == 3
     (folder / "searcher-state-1.pkl").write_bytes(b"searcher, next save")  # a later save: recorded again
-    manifest.record(folder)
+    _record(folder)
     (folder / "searcher-state-1.pkl").write_bytes(b"searcher")  # one save back (a copy cut short): still ours
     assert _verify(folder) == 3
     (folder / "searcher-state-1.pkl").write_bytes(b"searc")  # truncated
@@ -210,7 +255,7 @@ def test_a_manifest_signed_elsewhere_or_edited_is_refused(tmp_path, monkeypatch)
     with pytest.raises(manifest.UntrustedStateError, match="headsweep-manifest.json is missing"):
         _verify(folder)
     monkeypatch.setenv("HEADSWEEP_KEY_FILE", str(tmp_path / "theirs.key"))
-    manifest.record(folder)  # the sender's machine
+    _record(folder)  # the sender's machine
     monkeypatch.setenv("HEADSWEEP_KEY_FILE", str(tmp_path / "mine.key"))
     manifest.load_key(create=True)
     with pytest.raises(manifest.UntrustedStateError, match="not signed with this machine's key"):
@@ -251,7 +296,8 @@ def test_resume_refuses_crafted_or_truncated_state_and_runs_none_of_it(smoke_exp
     }
     for i, (name, craft) in enumerate(crafted.items()):
         exp = tmp_path / f"c{i}"
-        shutil.copytree(source, exp)
+        # without the kept copy of the last whole save, which would be put back (below)
+        shutil.copytree(source, exp, ignore=shutil.ignore_patterns(manifest.BACKUP_DIR))
         target = exp / (searcher if name == "truncated" else name)
         if name == "truncated":
             target.write_bytes(target.read_bytes()[:100])
@@ -262,6 +308,14 @@ def test_resume_refuses_crafted_or_truncated_state_and_runs_none_of_it(smoke_exp
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and f"{exp}/{target.name}" in lines[0] and "Traceback" not in done.stderr, lines
         assert not marker.exists()
+    # With the kept copy, a cut-short or crafted file is replaced by the last whole save: the
+    # resume says so and goes on, and still runs none of the crafted code.
+    exp = tmp_path / "kept"
+    shutil.copytree(source, exp)
+    (exp / searcher).write_bytes(pickle.dumps(Crafted(marker)))
+    done = _resume(tmp_path, "kept")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"headsweep: {searcher} was cut short when the search stopped" in done.stdout and not marker.exists()
     # A copy of the finished experiment, unchanged, resumes (the manifest follows the folder) and
     # keeps its 12 trials.
     shutil.copytree(source, tmp_path / "same")

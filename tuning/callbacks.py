@@ -18,6 +18,7 @@ the trial from a checkpoint already deleted, and lost it.)
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -126,13 +127,14 @@ class EndedTrialCheckpoints(Callback):
 
 
 class StateManifest(Callback):
-    """Signs the files a resume would unpickle (`tuning.manifest`), each time Ray saves them.
+    """Signs the files a resume would unpickle (`tuning.manifest`) each time Ray saves them, and
+    keeps a copy of the last whole save.
 
     Ray saves its state in a staging folder on the driver (the experiment state, then the
     searcher's, then the callbacks' through `get_state`) and then copies the folder into the
-    experiment. `get_state` runs after the pickles are written and before the copy, so the
-    manifest written there travels with exactly the files it describes. It returns None:
-    nothing of it is pickled.
+    experiment. `get_state` runs after the pickles are written and before the copy: the manifest
+    it writes into the experiment lists the files about to land. It returns None: nothing of it
+    is pickled.
     """
 
     def __init__(self):
@@ -144,14 +146,13 @@ class StateManifest(Callback):
     def get_state(self):
         if self.trials:
             storage = self.trials[0].storage
+            staging = Path(storage.experiment_driver_staging_path)
             try:
-                staging, extra = Path(storage.experiment_driver_staging_path), {}
-                if not (staging / manifest.TUNER_FILE).exists():  # written into the experiment, not staged
-                    # (a resume's copy of the experiment into staging brings it along)
-                    tuner = f"{storage.experiment_fs_path}/{manifest.TUNER_FILE}"
-                    with storage.storage_filesystem.open_input_stream(tuner) as f:
-                        extra[manifest.TUNER_FILE] = f.read()
-                manifest.record(staging, extra)
+                # A resume brings the experiment's manifest and kept copies into staging; Ray's
+                # copy would put those stale ones back over the new, and not atomically.
+                (staging / manifest.MANIFEST_FILE).unlink(missing_ok=True)
+                shutil.rmtree(staging / manifest.BACKUP_DIR, ignore_errors=True)
+                manifest.record(storage.storage_filesystem, storage.experiment_fs_path, staging)
             except OSError as exc:  # a failed save must not end the search: the next one writes it
                 print(f"headsweep: manifest not written this time: {exc}", file=sys.stderr)
         return None

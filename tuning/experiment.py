@@ -152,10 +152,14 @@ class Experiment:
         fs, path = self._fs()
         return fs.get_file_info(f"{path}/{manifest.TUNER_FILE}").type == pyarrow.fs.FileType.File
 
-    def verify_state(self) -> int:
-        """Check Ray's resume state against the signed manifest the search wrote (tuning.manifest);
-        raises UntrustedStateError naming the file that fails. Nothing here is unpickled."""
-        return manifest.verify(*self._fs())
+    def verify_state(self) -> list[str]:
+        """Check Ray's resume state against the signed manifest the search wrote (tuning.manifest),
+        after putting back the last whole save of any file a killed driver left cut short; raises
+        UntrustedStateError naming the file that fails. Nothing here is unpickled. Returns the
+        files put back."""
+        repaired = manifest.repair(*self._fs())
+        manifest.verify(*self._fs())
+        return repaired
 
     # ------------------------------------------------------------------ spec and studies
     def study_name(self, label: str) -> str:

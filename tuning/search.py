@@ -42,7 +42,7 @@ from common.cli import (INTERRUPTED, NOTHING_USABLE, WIDTH, ArgumentParser, chec
 from common.status import DIVERGED, ERROR, FINISHED, RUNNING
 from search_spaces._registry import DataInfo, Pair, Space, define_by_run, sample_config
 from search_spaces.spaces import baseline
-from tuning import data
+from tuning import data, manifest
 from tuning.config import TrainConfig, parse_assignment
 from tuning.experiment import METRICS, Experiment, config_columns
 
@@ -419,7 +419,9 @@ def run_search(args: argparse.Namespace) -> int:
     if args.trust_state and not args.resume:
         raise ValueError("--trust-state applies to --resume only")
     if args.resume and not args.trust_state and exp.has_ray_state():
-        exp.verify_state()  # before anything in the folder is unpickled (README, "Trust")
+        for name in exp.verify_state():  # before anything in the folder is unpickled (README, "Trust")
+            print(f"headsweep: {name} was cut short when the search stopped; its previous save, kept in "
+                  f"{manifest.BACKUP_DIR}/, is back in place")
     if not args.address:  # fail fast, before Ray starts
         check_gpus(args.gpus_per_trial, _local_gpus())
         check_cpus(space.resolved_settings()["cpus_per_trial"], os.cpu_count() or 1, "this machine")

@@ -38,5 +38,5 @@ train-smoke: install
 	$(PY) -m tuning.train --smoke
 
 bench: install
-	$(PY) -m tuning.bench_loader --data-dir $(DATA_DIR)
+	$(PY) -m tuning.bench --data-dir $(DATA_DIR) --arch cnn_base
 	$(PY) -m heads.bench --classes 100,1000,10000,100000,1000000 --dim 512 --batch 256 --with-dense

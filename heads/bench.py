@@ -224,7 +224,7 @@ def markdown_table(df) -> str:
     return table[cols].to_markdown(index=False, floatfmt=".3g")
 
 
-def _passive_openmp(argv: list[str] | None, device: str) -> None:
+def passive_openmp(argv: list[str] | None, device: str, module: str = "heads.bench") -> None:
     """Re-run the command line with OMP_WAIT_POLICY=PASSIVE on CPU: OpenMP reads it when torch loads.
     Only from the command line (argv None): a caller's process is not replaced."""
     if argv is None and device == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
@@ -235,7 +235,7 @@ def _passive_openmp(argv: list[str] | None, device: str) -> None:
         os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
         os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2 ** 40))
         sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "heads.bench", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]])
 
 
 @guard
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         heads.head_class(n)  # unknown names fail here (one line, exit 2), before any timing
     if "softmax" not in names:
         names.insert(0, "softmax")  # the baseline of every ratio
-    _passive_openmp(argv, args.device)
+    passive_openmp(argv, args.device)
     print(f"device {args.device}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}"
           f", d={args.dim}, batch={args.batch}, "

@@ -15,12 +15,13 @@ import pytest
 
 from analysis import report, retrain
 from heads import bench
-from tuning import bench_loader, fake_data, many_classes, search, train
+from tuning import bench as train_bench
+from tuning import fake_data, many_classes, search, train
 
 from test_trust import Crafted  # a pickle that writes a marker file when loaded
 
 CLIS = {"train": train.main, "search": search.main, "retrain": retrain.main, "report": report.main,
-        "heads.bench": bench.main, "bench_loader": bench_loader.main, "many_classes": many_classes.main}
+        "heads.bench": bench.main, "tuning.bench": train_bench.main, "many_classes": many_classes.main}
 SMOKE = ["--space", "smoke", "--no-dashboard"]
 
 
@@ -248,7 +249,10 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
     ("heads.bench", lambda t: ["--classes", "ten"], "--classes='ten': expected comma-separated integers"),
     ("heads.bench", lambda t: ["--heads", "nope"], "unknown head 'nope'"),
     ("heads.bench", lambda t: ["--device", "tpu"], "--device='tpu': expected cpu or cuda"),
-    ("bench_loader", lambda t: ["--steps", "0"], "--steps=0 must be >= 1"),
+    ("tuning.bench", lambda t: ["--steps", "0"], "--steps=0 must be >= 1"),
+    ("tuning.bench", lambda t: ["--variants", "recipe,fast"], "--variants: 'fast' is not one of recipe, device_loader"),
+    ("tuning.bench", lambda t: ["--arch", "resnet1000"], "resnet1000"),
+    ("tuning.bench", lambda t: ["--peak-tflops", "-1"], "--peak-tflops=-1.0 must be > 0"),
     ("many_classes", lambda t: ["--data-dir", str(t), "--out", str(t / "o"), "--rotations", "5"], "rotations"),
 ]
 

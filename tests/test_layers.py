@@ -27,7 +27,7 @@ LAYERS = (
     ("core", 2, ("tuning",)),
     ("spaces", 3, ("search_spaces",)),
     ("ray side", 4, ("tuning.trainable", "tuning.optuna_pruned", "tuning.callbacks", "tuning.console", "tuning.experiment",
-                      "tuning.search")),
+                      "tuning.search", "tuning.bench")),
     ("analysis", 5, ("analysis",)),
 )
 HEAVY = {"torch", "torchvision", "timm", "ray", "optuna", "matplotlib", "pandas", "sklearn", "pyarrow", "scipy"}

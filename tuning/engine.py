@@ -124,7 +124,7 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _build_run(cfg: TrainConfig, split: Split) -> _Run:
+def build_run(cfg: TrainConfig, split: Split) -> _Run:
     if cfg.batch_size > len(split.y_train):  # not the batch asked for, and images/s would count it anyway
         raise ValueError(f"batch_size={cfg.batch_size} is more than the {len(split.y_train)} training images: "
                          "not one full batch per epoch")
@@ -144,21 +144,31 @@ def _build_run(cfg: TrainConfig, split: Split) -> _Run:
     return _Run(Trained(cfg, model, forward, device, stats), train, optimizer, scheduler)
 
 
+def train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, mark: Callable[[str], None] | None = None):
+    """One optimizer step on a batch; returns the loss (on the device, no host sync). `mark(phase)`
+    is called after the forward, the backward and the optimizer (tuning.bench times them)."""
+    t, mark = run.trained, mark or (lambda phase: None)
+    with autocast(t.cfg, t.device):
+        loss = t.model.head.loss(t.forward(x), y)
+    mark("forward")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    mark("backward")
+    if t.cfg.grad_clip:
+        nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    mark("optimizer")
+    return loss.detach()
+
+
 def train_epoch(run: _Run) -> float:
     """One pass over the training split; returns the mean loss (one host sync)."""
     t = run.trained
     t.model.train()
     total = torch.zeros((), device=t.device)
     for x, y in run.train_loader:
-        with autocast(t.cfg, t.device):
-            loss = t.model.head.loss(t.forward(x), y)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.cfg.grad_clip:
-            nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
-        run.optimizer.step()
-        run.scheduler.step()
-        total += loss.detach().float()
+        total += train_step(run, x, y).float()
     return total.item() / len(run.train_loader)
 
 
@@ -243,7 +253,7 @@ def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], d
         state: dict | None = None) -> FitResult:
     """Train for cfg.epochs (continuing from `state` if given) and validate after every epoch."""
     try:
-        run = _build_run(cfg, split)
+        run = build_run(cfg, split)
     except ValueError as exc:  # before any training: the config (with this data) is at fault
         raise ConfigError(str(exc)) from exc
     if state is not None:

@@ -53,10 +53,17 @@ def _report(metrics: dict, get_state) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+def trial_threads() -> int:
+    """Torch threads for this trial: its share of the CPUs (at least one). Packed trials then use
+    the cores they were given, not all of them each (oversubscribed OpenMP threads slow all)."""
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
+
+
 def train_trial(config: dict, split: Split) -> None:
     # Ray logs "Checkpoint successfully created" at every epoch of every trial: the search's
     # console says what matters (tuning/console.py).
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    torch.set_num_threads(trial_threads())
     try:
         cfg = TrainConfig.from_dict(config)
     except ValueError as exc:

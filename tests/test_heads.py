@@ -126,7 +126,7 @@ def test_adaptive_cutoffs_validated(cutoffs, message):
 def test_sampled_loss_approaches_full_softmax_as_k_grows():
     torch.manual_seed(0)
     c = 100
-    head = heads.create_head("sampled", 16, c, num_sampled=10)
+    head = heads.create_head("sampled", 16, c, num_sampled=10, batch_negatives=False)  # the plain k-sample loss
     x, y = torch.randn(64, 16) * 3, torch.randint(0, c, (64,))
     full = F.cross_entropy(head.fc(x), y).item()
     errors = {}
@@ -141,7 +141,7 @@ def test_sampled_loss_approaches_full_softmax_as_k_grows():
 
 
 def test_sampled_removes_accidental_hits():
-    head = heads.create_head("sampled", 4, 3, num_sampled=2)
+    head = heads.create_head("sampled", 4, 3, num_sampled=2, batch_negatives=False)
     head.sample = lambda device: torch.tensor([1, 1])  # every sample equals the target
     x = torch.randn(5, 4)
     assert head.loss(x, torch.full((5,), 1)).item() == pytest.approx(0.0, abs=1e-6)
@@ -241,7 +241,8 @@ def test_complexity_formulas():
     assert heads.head_complexity("softmax", d, 1000)["train_madds"] == d * 1000
     hier = heads.head_complexity("hierarchical", d, 10000)  # balanced: 100 groups of 100
     assert hier["train_madds"] == d * (100 + 100) and hier["log_prob_madds"] == d * (100 + 10000)
-    assert heads.head_complexity("sampled", d, 1000, num_sampled=63)["train_madds"] == d * 64
+    assert heads.head_complexity("sampled", d, 1000, num_sampled=63, batch_negatives=False)["train_madds"] == d * 64
+    assert heads.head_complexity("sampled", d, 1000, num_sampled=64, batch=256)["train_madds"] == d * (64 + 256)
     ada = heads.head_complexity("adaptive", d, 100, cutoffs=[20, 60], div_value=4.0)
     head_cost = d * (20 + 2)
     tails = [(0.4, d * 128 + 128 * 40), (0.4, d * 32 + 32 * 40)]

@@ -197,6 +197,20 @@ def _save(staging: Path, exp: Path, n: int) -> None:
         (exp / p.name).write_bytes(p.read_bytes())
 
 
+def test_publish_moves_the_staged_state_whole_and_out_of_rays_copy(tmp_path):
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    staging.mkdir(), exp.mkdir()
+    (staging / "experiment_state-1.json").write_text("{}")
+    (staging / "searcher-state-1.pkl").write_bytes(b"searcher")
+    (staging / "notes.txt").write_text("not state: left to Ray's copy")
+    fs = pyarrow.fs.LocalFileSystem()
+    manifest.record(fs, str(exp), staging)
+    assert manifest.publish(fs, str(exp), staging) == ["experiment_state-1.json", "searcher-state-1.pkl"]
+    assert [p.name for p in staging.iterdir()] == ["notes.txt"]
+    assert (exp / "searcher-state-1.pkl").read_bytes() == b"searcher" and _verify(exp) == 2
+    assert not list(exp.glob(".*.tmp"))  # the temporary files were moved into place
+
+
 def test_a_copy_cut_short_by_a_kill_is_put_back_from_the_last_whole_save(tmp_path):
     staging, exp = tmp_path / "staging", tmp_path / "exp"
     staging.mkdir(), exp.mkdir()

@@ -132,9 +132,9 @@ class StateManifest(Callback):
 
     Ray saves its state in a staging folder on the driver (the experiment state, then the
     searcher's, then the callbacks' through `get_state`) and then copies the folder into the
-    experiment. `get_state` runs after the pickles are written and before the copy: the manifest
-    it writes into the experiment lists the files about to land. It returns None: nothing of it
-    is pickled.
+    experiment. `get_state` runs after the pickles are written and before the copy: it writes
+    the manifest into the experiment, then moves the state files there itself, each whole
+    (`manifest.publish`). It returns None: nothing of it is pickled.
     """
 
     def __init__(self):
@@ -148,11 +148,18 @@ class StateManifest(Callback):
             storage = self.trials[0].storage
             staging = Path(storage.experiment_driver_staging_path)
             try:
+                # An earlier copy still running would write older files over the ones published here.
+                storage.syncer.wait()
+            except Exception as exc:  # noqa: BLE001  (Ray re-raises its copy's error here; the next save retries)
+                print(f"headsweep: Ray's last copy of the state failed: {exc}", file=sys.stderr)
+            try:
                 # A resume brings the experiment's manifest and kept copies into staging; Ray's
                 # copy would put those stale ones back over the new, and not atomically.
                 (staging / manifest.MANIFEST_FILE).unlink(missing_ok=True)
                 shutil.rmtree(staging / manifest.BACKUP_DIR, ignore_errors=True)
-                manifest.record(storage.storage_filesystem, storage.experiment_fs_path, staging)
+                fs, where = storage.storage_filesystem, storage.experiment_fs_path
+                manifest.record(fs, where, staging)
+                manifest.publish(fs, where, staging)  # the state files whole; Ray copies the rest
             except OSError as exc:  # a failed save must not end the search: the next one writes it
                 print(f"headsweep: manifest not written this time: {exc}", file=sys.stderr)
         return None

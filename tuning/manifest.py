@@ -13,15 +13,17 @@ someone else; an edited state file). A plain list of hashes would not do: whoeve
 folder can write it too.
 
 Ray saves into a staging folder and then copies it into the experiment, file by file and not
-atomically, in a background thread. A driver killed during that copy leaves a truncated file,
-or the newest save of one file beside the previous save of another. So `record` runs before
-each copy and:
-- writes the manifest straight into the experiment, atomically (never through Ray's copy),
-  listing the staged hashes about to land beside the last `KEEP` ones of each file;
-- keeps a copy of each state file already in the experiment that the manifest vouches for
-  (a whole save) in `BACKUP_DIR`, written atomically too.
-`repair` puts such a copy back in place of a file the manifest does not vouch for (the copy
-was cut short) before `verify` runs: a killed search resumes instead of being refused.
+atomically, in a background thread. A driver killed during that copy left a truncated file, or
+the newest save of one file beside the previous save of another (one trial too many on
+resume). So before each copy:
+- `record` writes the manifest straight into the experiment, atomically (never through Ray's
+  copy), listing the staged hashes about to land beside the last `KEEP` ones of each file, and
+  keeps a copy of each state file already in the experiment that the manifest vouches for (a
+  whole save) in `BACKUP_DIR`, written atomically too;
+- `publish` moves the staged state files into the experiment itself, each written whole, one
+  right after the other, and takes them out of Ray's copy.
+`repair` puts a kept copy back in place of a file the manifest does not vouch for or that is
+missing, before `verify` runs: a killed search resumes instead of being refused.
 """
 from __future__ import annotations
 
@@ -152,6 +154,18 @@ def record(fs, where: str, staging: Path | None = None) -> None:
     for name, data in whole.items():
         if kept.get(name) != digest(data):
             _write(fs, _backup(where, name), data)
+
+
+def publish(fs, where: str, staging: Path) -> list[str]:
+    """Move the state files Ray staged into the experiment, each written whole (a temporary file
+    moved into place) and then removed from staging, so Ray's own copy, file by file and not
+    atomically, never writes them: a driver killed at any moment leaves each file either the
+    previous save's or this one's, never cut short. Run after `record` (the manifest lists them)."""
+    names = sorted(p.name for p in staging.iterdir() if p.is_file() and is_state_file(p.name))
+    for name in names:
+        _write(fs, f"{where.rstrip('/')}/{name}", (staging / name).read_bytes())
+        (staging / name).unlink()
+    return names
 
 
 def repair(fs, where: str) -> list[str]:

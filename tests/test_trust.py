@@ -204,8 +204,8 @@ def test_publish_moves_the_staged_state_whole_and_out_of_rays_copy(tmp_path):
     (staging / "searcher-state-1.pkl").write_bytes(b"searcher")
     (staging / "notes.txt").write_text("not state: left to Ray's copy")
     fs = pyarrow.fs.LocalFileSystem()
-    manifest.record(fs, str(exp), staging)
-    assert manifest.publish(fs, str(exp), staging) == ["experiment_state-1.json", "searcher-state-1.pkl"]
+    staged = manifest.record(fs, str(exp), staging)
+    assert manifest.publish(fs, str(exp), staging, staged) == ["experiment_state-1.json", "searcher-state-1.pkl"]
     assert [p.name for p in staging.iterdir()] == ["notes.txt"]
     assert (exp / "searcher-state-1.pkl").read_bytes() == b"searcher" and _verify(exp) == 2
     assert not list(exp.glob(".*.tmp"))  # the temporary files were moved into place

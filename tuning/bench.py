@@ -326,12 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         df.to_csv(out / "pack_bench.csv", index=False)
         print(pack_summary(df))
         return 0
-    chosen = [variant(n) for n in args.variants.split(",")]
-    for v in chosen:
+    chosen = []
+    for v in map(variant, args.variants.split(",")):
         reason = skip_reason(v, device)
         if reason:
             print(f"{v.name}: skipped, {reason}")
-    chosen = [v for v in chosen if not skip_reason(v, device)]
+        else:
+            chosen.append(v)
     peak, peak_text = peak_flops(device, args.peak_tflops)
     print(f"{args.arch} + {args.head}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads; "
           f"{ds.name} ({'generated' if args.fake_data else args.data_dir}); {args.repeats} rounds of {args.steps} "

@@ -158,8 +158,8 @@ class StateManifest(Callback):
                 (staging / manifest.MANIFEST_FILE).unlink(missing_ok=True)
                 shutil.rmtree(staging / manifest.BACKUP_DIR, ignore_errors=True)
                 fs, where = storage.storage_filesystem, storage.experiment_fs_path
-                manifest.record(fs, where, staging)
-                manifest.publish(fs, where, staging)  # the state files whole; Ray copies the rest
+                staged = manifest.record(fs, where, staging)
+                manifest.publish(fs, where, staging, staged)  # the state files whole; Ray copies the rest
             except OSError as exc:  # a failed save must not end the search: the next one writes it
                 print(f"headsweep: manifest not written this time: {exc}", file=sys.stderr)
         return None

@@ -127,11 +127,12 @@ def _backup(where: str, name: str) -> str:
     return f"{where}/{BACKUP_DIR}/{name}"
 
 
-def record(fs, where: str, staging: Path | None = None) -> None:
-    """Before Ray copies `staging` (a local folder) into the experiment `where` (on the pyarrow
-    filesystem `fs`): sign the hashes of the files about to land and of those already there that
-    are not staged (Ray writes tuner.pkl straight into the experiment), then keep a copy of each
-    file there that the manifest vouched for. Without `staging`, the files in `where` are recorded."""
+def record(fs, where: str, staging: Path | None = None) -> dict[str, bytes]:
+    """Before the state Ray staged in `staging` (a local folder) lands in the experiment `where`
+    (on the pyarrow filesystem `fs`): sign the hashes of the staged files and of those already
+    there that are not staged (Ray writes tuner.pkl straight into the experiment), then keep a
+    copy of each file there that the manifest vouched for. Without `staging`, the files in
+    `where` are recorded. Returns the staged state files, name -> content (for `publish`)."""
     key = load_key(create=True)
     where = where.rstrip("/")
     files = _signed_files(_read(fs, f"{where}/{MANIFEST_FILE}"), key) or {}
@@ -154,16 +155,18 @@ def record(fs, where: str, staging: Path | None = None) -> None:
     for name, data in whole.items():
         if kept.get(name) != digest(data):
             _write(fs, _backup(where, name), data)
+    return staged
 
 
-def publish(fs, where: str, staging: Path) -> list[str]:
-    """Move the state files Ray staged into the experiment, each written whole (a temporary file
-    moved into place) and then removed from staging, so Ray's own copy, file by file and not
-    atomically, never writes them: a driver killed at any moment leaves each file either the
-    previous save's or this one's, never cut short. Run after `record` (the manifest lists them)."""
-    names = sorted(p.name for p in staging.iterdir() if p.is_file() and is_state_file(p.name))
+def publish(fs, where: str, staging: Path, staged: dict[str, bytes]) -> list[str]:
+    """Move the state files Ray staged (`staged`, as `record` read and listed them) into the
+    experiment, each written whole (a temporary file moved into place) and then removed from
+    staging, so Ray's own copy, file by file and not atomically, never writes them: a driver
+    killed at any moment leaves each file either the previous save's or this one's, never cut
+    short."""
+    names = sorted(staged)
     for name in names:
-        _write(fs, f"{where.rstrip('/')}/{name}", (staging / name).read_bytes())
+        _write(fs, f"{where.rstrip('/')}/{name}", staged[name])
         (staging / name).unlink()
     return names
 

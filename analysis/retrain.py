@@ -103,6 +103,15 @@ def retrain_one(config: dict, seed: int, split: data.Split, out_dir: Path, label
             "device": str(trained.device), "config": json.dumps(cfg.to_flat(), default=str), **files}
 
 
+def _retrain_task(*args) -> dict:
+    """retrain_one inside a Ray task, with torch threads set from the task's CPU share (tasks packed
+    on one machine then use the cores they were given, not all of them each)."""
+    from tuning.trainable import trial_threads
+
+    torch.set_num_threads(trial_threads())
+    return retrain_one(*args)
+
+
 def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: float, gpus: float,
               address: str | None) -> list[dict]:
     """Every (config, seed) as a Ray task; progress printed as each finishes."""
@@ -115,7 +124,7 @@ def run_tasks(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus: 
         if gpus:
             check_gpus(gpus, resources.get("GPU", 0.0), "--gpus-per-task")
         split_ref = ray.put(split)  # the arrays go to the object store once
-        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(retrain_one)
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(_retrain_task)
         pending = {task.remote(j["config"], j["seed"], split_ref, out_dir, j["label"], epochs): j for j in jobs}
         rows, start = [], time.perf_counter()
         while pending:

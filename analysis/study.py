@@ -1,0 +1,179 @@
+"""`python -m analysis.study [--scale cpu|gpu|tiny] --data-dir ../shared/data`: the headline study.
+
+One command per scale runs, for each part of the study (CIFAR-100 backbones x every head; a
+Fashion-MNIST check), the search (fixed seed, per-pair budgets) -> `analysis.retrain` (3 seeds,
+each model evaluated once on the test set) -> `analysis.report`, then `heads.bench` for the heads'
+measured cost at large C, and writes `results/study-<scale>/`: `report.md` with its figures,
+`trials.parquet`, `final.parquet`, `spec.json` (the scale, each part's experiment spec and the
+wall time of every stage) and `command.txt`.
+
+Each stage is a subprocess whose output goes to `<work>/study-<scale>/logs/`; a stage that ended
+well is recorded in `stages.json` and skipped when the command is run again, so a study that
+was stopped (Ctrl-C, a crash, a lost machine) goes on where it was: an unfinished search
+resumes (`--resume`), and nothing already computed is lost.
+
+Scales:
+- `cpu` (default, about 90 minutes on 2 cores): cnn_base and cnn_bn4 x every head on CIFAR-100
+  (3 trials per pair on 10,000 training images, 5 epochs; retrain on all 50,000), plus cnn_bn4 +
+  softmax on Fashion-MNIST;
+- `gpu`: resnet18, vit_tiny, efficientnet_b0 x every head, 30 epochs, 4 trials per pair packed four
+  to a GPU;
+- `tiny`: the smoke space on generated data (a minute or two): the test of this command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.cli import ArgumentParser, guard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One experiment of the study: a search, its retrain and its report."""
+    name: str
+    search: tuple[str, ...]  # tuning.search arguments (space, dataset, --set overrides, budget)
+    seeds: int = 3
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    description: str
+    parts: tuple[Part, ...]
+    bench: tuple[str, ...]  # heads.bench arguments: the heads' cost at large C
+    fake_data: bool = False  # generated data: no --data-dir needed
+    cpus_per_task: float = 1.0
+    targets: dict = field(default_factory=dict)  # (part, arch) -> the softmax test accuracy it should reach
+
+
+def _cnn_search(*extra: str) -> tuple[str, ...]:
+    # 10,000 training images and 5 epochs per trial: the budget that fits 2 cores; ASHA may stop a
+    # trial at 2 or 4 epochs; two trials at once, one core each (packing measured 1.19x, tuning.bench).
+    return ("--space", "cnn_heads", "--set", "epochs=5", "--set", "train_limit=10000", "--set", "grace_period=2",
+            "--set", "reduction_factor=2", "--max-concurrent", "2", "--cpus-per-trial", "1", *extra)
+
+
+SCALES = {s.name: s for s in (
+    Scale("cpu", "CIFAR-100: cnn_base and cnn_bn4 x every head (3 trials per pair, 5 epochs); "
+                 "Fashion-MNIST: cnn_bn4 + softmax. About 90 minutes on 2 CPU cores.",
+          (Part("cifar100", _cnn_search("--set", "arch=[cnn_base,cnn_bn4]", "--num-samples", "30")),
+           Part("fashion_mnist", _cnn_search("--dataset", "fashion_mnist", "--set", "arch=cnn_bn4",
+                                             "--set", "head=softmax", "--num-samples", "2"))),
+          ("--classes", "100,10000,100000", "--dim", "256", "--batch", "128", "--repeats", "3", "--min-time", "0.3"),
+          targets={("cifar100", None): 0.57, ("fashion_mnist", None): 0.93}),
+    Scale("gpu", "CIFAR-100: resnet18, vit_tiny, efficientnet_b0 x every head (4 trials per pair, 30 epochs, "
+                 "four trials per GPU); Fashion-MNIST: cnn_bn4 + softmax, 15 epochs.",
+          (Part("cifar100", ("--space", "all_heads", "--set", "arch=[resnet18,vit_tiny,efficientnet_b0]",
+                             "--num-samples", "60", "--gpus-per-trial", "0.25", "--max-concurrent", "4",
+                             "--set", "grace_period=5", "--set", "reduction_factor=2")),
+           Part("fashion_mnist", ("--space", "cnn_heads", "--dataset", "fashion_mnist", "--set", "arch=cnn_bn4",
+                                  "--set", "head=softmax", "--set", "epochs=15", "--num-samples", "4",
+                                  "--gpus-per-trial", "0.25", "--max-concurrent", "4"))),
+          ("--classes", "100,10000,100000,1000000", "--dim", "512", "--batch", "256", "--device", "cuda"),
+          cpus_per_task=4.0, targets={("cifar100", "resnet18"): 0.75, ("fashion_mnist", None): 0.93}),
+    Scale("tiny", "the smoke space on generated data: checks the pipeline, not the models.",
+          (Part("cifar100", ("--space", "smoke", "--set", "epochs=2", "--num-samples", "5", "--set", "grace_period=1")),
+           Part("fashion_mnist", ("--space", "smoke", "--dataset", "fashion_mnist", "--set", "head=softmax",
+                                  "--set", "epochs=2", "--num-samples", "1", "--set", "grace_period=1"))),
+          ("--classes", "100,1000", "--dim", "32", "--batch", "16", "--repeats", "1", "--min-time", "0.01"),
+          fake_data=True, targets={("cifar100", None): 0.57, ("fashion_mnist", None): 0.93}),
+)}
+
+
+# ----------------------------------------------------------------------------- the stages
+class Stages:
+    """stages.json: the wall time of every stage that ended well; those are not run again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+
+    def run(self, key: str, argv: list[str], log: Path) -> None:
+        if key in self.done:
+            print(f"  {key}: done before ({self.done[key]['seconds']:.0f}s), skipped", flush=True)
+            return
+        print(f"  {key}: {shlex.join(argv)}", flush=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        with log.open("a") as out:
+            rc = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        seconds = time.time() - start
+        if rc != 0:
+            tail = log.read_text().splitlines()[-15:]
+            raise StageFailed(f"{key} exited {rc} after {seconds:.0f}s; its log {log} ends:\n  " + "\n  ".join(tail))
+        self.done[key] = {"seconds": round(seconds, 1), "command": shlex.join(argv), "ended": time.strftime("%F %T")}
+        self.path.write_text(json.dumps(self.done, indent=1))
+        print(f"  {key}: {seconds:.0f}s", flush=True)
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def module(name: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", name, *args]
+
+
+def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int) -> dict:
+    """Every stage of every part (those done before are skipped); returns stages.json's content."""
+    work.mkdir(parents=True, exist_ok=True)
+    stages = Stages(work / "stages.json")
+    data = [] if scale.fake_data else ["--data-dir", data_dir]
+    for part in scale.parts:
+        exp = work / part.name
+        key = f"{part.name}/search"
+        resume = ["--resume"] if key not in stages.done and (exp / "spec.json").exists() else []
+        search = module("tuning.search", "--storage", str(work), "--name", part.name, "--seed", str(seed),
+                        "--no-dashboard", "-q", *data, *(resume or part.search))
+        stages.run(key, search, work / "logs" / f"{part.name}-search.log")
+        stages.run(f"{part.name}/retrain", module("analysis.retrain", str(exp), "--seeds", str(part.seeds),
+                                                 "--cpus-per-task", f"{scale.cpus_per_task:g}", *data),
+                   work / "logs" / f"{part.name}-retrain.log")
+        stages.run(f"{part.name}/report", module("analysis.report", str(exp)), work / "logs" / f"{part.name}-report.log")
+    stages.run("heads_bench", module("heads.bench", *scale.bench, "--out", str(work / "heads_bench")),
+               work / "logs" / "heads-bench.log")
+    return stages.done
+
+
+@guard
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m analysis.study", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", default="cpu", choices=sorted(SCALES), help="the study's size (default: cpu)")
+    p.add_argument("--data-dir", default="../shared/data", help="folder with the official dataset files")
+    p.add_argument("--work", default="./experiments", help="where the experiments and logs go (not committed)")
+    p.add_argument("--out", default="./results", help="where results/study-<scale>/ is written (committed)")
+    p.add_argument("--seed", type=int, default=0, help="seeds every search's sampler")
+    args = p.parse_args(argv)
+    scale = SCALES[args.scale]
+    if not scale.fake_data and not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data-dir={args.data_dir}: no such folder (it must hold cifar-100-python/ and "
+                         "fashion-mnist/)")
+    name = f"study-{scale.name}"
+    work, out = Path(args.work).resolve() / name, Path(args.out).resolve() / name  # stages run from the root
+    data_dir = str(Path(args.data_dir).resolve())
+    command = shlex.join(["python", "-m", "analysis.study", *(argv if argv is not None else sys.argv[1:])])
+    print(f"{name}: {scale.description}\nwork folder {work}; results into {out}", flush=True)
+    start = time.time()
+    try:
+        done = run_study(scale, work, data_dir, args.seed)
+    except StageFailed as exc:
+        print(f"error: {exc}\nrun the same command again to go on from there", file=sys.stderr)
+        return 1
+    from analysis.study_report import write_results  # matplotlib and friends only once the work is done
+    path = write_results(scale, work, out, done, command)
+    print(f"wrote {path} ({time.time() - start:.0f}s this run)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -144,18 +144,6 @@ def test_observations_flag_combinations_at_chance():
     assert "softmax" not in calibrated  # at chance: left out of the calibration ranking
 
 
-@pytest.mark.slow
-def test_example_notebook_runs_on_the_experiment(retrained, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
-    monkeypatch.setenv("HEADSWEEP_EXPERIMENT", str(retrained[0]))
-    nb = nbformat.read(report.Path(__file__).parents[1] / "examples" / "analysis.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 2
-
-
 def test_test_set_is_evaluated_once_per_retrained_model(fake_dir, tmp_path, monkeypatch):
     from tuning import data, engine
 

@@ -1,0 +1,116 @@
+"""analysis.study: the headline study's command at its tiny scale, the committed report's format,
+the notebook on the study, and what a stopped or failed study keeps."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import study
+from analysis.study_report import structure
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "results" / "study-cpu"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    code = study.main(["--scale", "tiny", "--work", str(root / "work"), "--out", str(root / "results")])
+    return root, code
+
+
+@pytest.mark.slow
+def test_tiny_study_writes_every_result(tiny):
+    root, code = tiny
+    out = root / "results" / "study-tiny"
+    assert code == 0
+    trials, final = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "final.parquet")
+    assert sorted(trials.part.unique()) == ["cifar100", "fashion_mnist"] and len(trials) == 6  # 5 pairs + 1
+    assert len(final) == 6 * 3 and set(final.seed) == {0, 1, 2} and (final.status != "error").all()
+    assert len(pd.read_parquet(out / "history.parquet")) == 6 * 2  # 2 epochs, no trial stopped early
+    spec = json.loads((out / "spec.json").read_text())
+    assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/report", "fashion_mnist/search",
+                                    "fashion_mnist/retrain", "fashion_mnist/report", "heads_bench"]
+    assert spec["experiments"]["cifar100"]["space"] == "smoke"
+    assert (out / "command.txt").read_text().startswith("python -m analysis.study --scale tiny")
+    text = (out / "report.md").read_text()
+    for figure in [ln.split("](")[1].rstrip(")") for ln in text.splitlines() if ln.startswith("![")]:
+        assert (out / figure).is_file(), figure  # every figure the report shows is there
+    assert text.count("![cifar100 cnn") == 5 and "(cifar100/report.md)" in (text)
+    assert (out / "cifar100" / "report.md").is_file() and not list(out.rglob("*.npy"))  # no matrices, no weights
+
+
+@pytest.mark.slow
+def test_committed_report_has_the_format_the_generator_writes_today(tiny):
+    """The committed study report must not go stale: same sections, same table columns, in order."""
+    root, _ = tiny
+    today = structure((root / "results" / "study-tiny" / "report.md").read_text())
+    assert any(line.startswith("| data ") for line in today) and "## Headline" in today
+    assert structure((COMMITTED / "report.md").read_text()) == today
+
+
+def test_committed_study_has_its_files():
+    for name in ("report.md", "trials.parquet", "final.parquet", "history.parquet", "spec.json", "command.txt"):
+        assert (COMMITTED / name).is_file(), name
+    final = pd.read_parquet(COMMITTED / "final.parquet")
+    assert final.groupby(["part", "arch", "head"]).size().min() == 3  # 3 seeds of every pair
+    assert set(final[final.part == "cifar100"]["head"]) == {"softmax", "hierarchical", "adaptive", "sampled", "gumbel"}
+    text = (COMMITTED / "report.md").read_text()
+    assert "not the official" in text  # the split caveat stands next to the numbers
+    for figure in [ln.split("](")[1].rstrip(")") for ln in text.splitlines() if ln.startswith("![")]:
+        assert (COMMITTED / figure).is_file(), figure
+    assert not [p for p in COMMITTED.rglob("*") if p.suffix in (".pt", ".npy", ".pkl")]  # no checkpoints
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(tiny, capsys):
+    root, _ = tiny
+    capsys.readouterr()
+    assert study.main(["--scale", "tiny", "--work", str(root / "work"), "--out", str(root / "results")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 7 and "wrote" in out
+
+
+@pytest.mark.slow
+def test_example_notebook_runs_on_the_study(tiny, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("HEADSWEEP_STUDY", str(tiny[0] / "results" / "study-tiny"))
+    nb = nbformat.read(ROOT / "examples" / "analysis.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+
+
+def test_committed_notebook_is_stored_with_its_outputs():
+    import nbformat
+
+    nb = nbformat.read(ROOT / "examples" / "analysis.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs for c in code)  # tables and plots visible when browsing the repository
+    assert sum("image/png" in o.get("data", {}) for c in code for o in c.outputs) == 2
+
+
+def test_a_failed_stage_keeps_what_ran_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    bad = study.Scale("bad", "a search that refuses its input", (study.Part("p", ("--space", "smoke", "--set",
+                                                                            "nonsense=1")),), (), fake_data=True)
+    monkeypatch.setitem(study.SCALES, "bad", bad)
+    (tmp_path / "work" / "study-bad").mkdir(parents=True)
+    (tmp_path / "work" / "study-bad" / "stages.json").write_text(json.dumps({"earlier": {"seconds": 5.0}}))
+    code = study.main(["--scale", "bad", "--work", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "p/search exited 2" in err and "unknown key" in err and "run the same command again" in err
+    assert json.loads((tmp_path / "work" / "study-bad" / "stages.json").read_text()) == {"earlier": {"seconds": 5.0}}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
+    (["--data-dir", "/no/such/dir"], "--data-dir=/no/such/dir: no such folder"),
+])
+def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    assert study.main([*argv, "--work", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "study-cpu").exists()

@@ -26,7 +26,7 @@ demo: install
 	$(PY) -m analysis.report experiments/demo
 
 # The headline study (results/study-cpu/): search -> retrain (3 seeds) -> report of cnn_base and cnn_bn4
-# x every head on CIFAR-100 plus a Fashion-MNIST check, about 90 minutes on 2 CPU cores. Run it again
+# x every head on CIFAR-100 plus a Fashion-MNIST check, about 100 minutes on 2 CPU cores. Run it again
 # after a stop: finished stages are skipped and the search resumes.
 study: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m analysis.study --scale cpu --data-dir $(DATA_DIR)

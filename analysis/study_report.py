@@ -282,7 +282,8 @@ def structure(text: str) -> list[str]:
     """What must not go stale: the section headings and every table's header row, in order."""
     lines = text.splitlines()
     keep = [ln for ln in lines[1:] if ln.startswith("#")]
-    keep += [ln for ln, nxt in zip(lines, lines[1:]) if ln.startswith("|") and nxt.startswith("|") and "---" in nxt]
+    keep += ["|".join(cell.strip() for cell in ln.split("|"))  # the columns, not their padding
+             for ln, nxt in zip(lines, lines[1:]) if ln.startswith("|") and nxt.startswith("|") and "---" in nxt]
     return keep
 
 

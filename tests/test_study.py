@@ -114,3 +114,11 @@ def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     assert study.main([*argv, "--work", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "study-cpu").exists()
+
+
+def test_structure_sees_sections_and_columns_not_padding():
+    report = "# title A\n\n## Headline\n\n| data | acc |\n|:--|--:|\n| x | 1 |\n"
+    assert structure(report) == ["## Headline", "|data|acc|"]
+    assert structure(report.replace("| data | acc |", "|   data   |  acc |")) == structure(report)
+    assert structure(report.replace("acc |\n|:", "accuracy |\n|:")) != structure(report)  # a renamed column
+    assert structure(report.replace("## Headline", "## Summary")) != structure(report)  # a renamed section

@@ -117,7 +117,7 @@ def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
 
 
 def test_structure_sees_sections_and_columns_not_padding():
-    report = "# title A\n\n## Headline\n\n| data | acc |\n|:--|--:|\n| x | 1 |\n"
+    report = "# title A\n\n## Headline\n\n| data | acc |\n|:---|---:|\n| x | 1 |\n"
     assert structure(report) == ["## Headline", "|data|acc|"]
     assert structure(report.replace("| data | acc |", "|   data   |  acc |")) == structure(report)
     assert structure(report.replace("acc |\n|:", "accuracy |\n|:")) != structure(report)  # a renamed column

@@ -92,17 +92,19 @@ SCALES = {s.name: s for s in (
 
 # ----------------------------------------------------------------------------- the stages
 class Stages:
-    """stages.json: the wall time of every stage that ended well; those are not run again."""
+    """<work>/stages.json: the wall time of every stage that ended well; those are not run again.
+    Stage `part/step` logs to <work>/logs/part-step.log."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.done: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+    def __init__(self, work: Path):
+        self.path, self.logs = work / "stages.json", work / "logs"
+        self.done: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def run(self, key: str, argv: list[str], log: Path) -> None:
+    def run(self, key: str, argv: list[str]) -> None:
         if key in self.done:
             print(f"  {key}: done before ({self.done[key]['seconds']:.0f}s), skipped", flush=True)
             return
         print(f"  {key}: {shlex.join(argv)}", flush=True)
+        log = self.logs / f"{key.replace('/', '-')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
         with log.open("a") as out:
@@ -127,21 +129,18 @@ def module(name: str, *args: str) -> list[str]:
 def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int) -> dict:
     """Every stage of every part (those done before are skipped); returns stages.json's content."""
     work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(work / "stages.json")
+    stages = Stages(work)
     data = [] if scale.fake_data else ["--data-dir", data_dir]
     for part in scale.parts:
         exp = work / part.name
-        key = f"{part.name}/search"
-        resume = ["--resume"] if key not in stages.done and (exp / "spec.json").exists() else []
-        search = module("tuning.search", "--storage", str(work), "--name", part.name, "--seed", str(seed),
-                        "--no-dashboard", "-q", *data, *(resume or part.search))
-        stages.run(key, search, work / "logs" / f"{part.name}-search.log")
+        resume = ["--resume"] if (exp / "spec.json").exists() else []  # a search stopped before it ended
+        stages.run(f"{part.name}/search", module("tuning.search", "--storage", str(work), "--name", part.name,
+                                                "--seed", str(seed), "--no-dashboard", "-q", *data,
+                                                *(resume or part.search)))
         stages.run(f"{part.name}/retrain", module("analysis.retrain", str(exp), "--seeds", str(part.seeds),
-                                                 "--cpus-per-task", f"{scale.cpus_per_task:g}", *data),
-                   work / "logs" / f"{part.name}-retrain.log")
-        stages.run(f"{part.name}/report", module("analysis.report", str(exp)), work / "logs" / f"{part.name}-report.log")
-    stages.run("heads_bench", module("heads.bench", *scale.bench, "--out", str(work / "heads_bench")),
-               work / "logs" / "heads-bench.log")
+                                                 "--cpus-per-task", f"{scale.cpus_per_task:g}", *data))
+        stages.run(f"{part.name}/report", module("analysis.report", str(exp)))
+    stages.run("heads_bench", module("heads.bench", *scale.bench, "--out", str(work / "heads_bench")))
     return stages.done
 
 
@@ -170,11 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as exc:
         print(f"error: {exc}\nrun the same command again to go on from there", file=sys.stderr)
         return 1
-    from analysis.study_report import write_results  # matplotlib and friends only once the work is done
+    from analysis.study_report import store_notebook, write_results  # matplotlib and friends: once the work is done
     path = write_results(scale, work, out, done, command)
     print(f"wrote {path} ({time.time() - start:.0f}s this run)")
     if out == ROOT / "results" / "study-cpu":  # the notebook on the committed study is stored with its outputs
-        from analysis.study_report import store_notebook
         print(f"stored {store_notebook(ROOT / 'examples' / 'analysis.ipynb')} with its outputs")
     return 0
 

@@ -53,28 +53,34 @@ def _table(df: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- gathering
-def load_parts(scale, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(trials, final, specs) of every part, with a `part` column."""
-    trials, finals, specs = [], [], {}
+def load_parts(scale, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """(trials, history, final, specs) of every part, with a `part` column."""
+    trials, history, finals, specs = [], [], [], {}
     for part in scale.parts:
         exp = Experiment.open(work / part.name)
         specs[part.name] = exp.spec
         trials.append(exp.trials().assign(part=part.name))
+        history.append(exp.history().assign(part=part.name))
         path = exp.analysis_dir / "final.parquet"
         if path.exists():
             finals.append(pd.read_parquet(path).assign(part=part.name))
     final = pd.concat(finals, ignore_index=True) if finals else pd.DataFrame(columns=["part", "status"])
-    return pd.concat(trials, ignore_index=True), final, specs
+    return pd.concat(trials, ignore_index=True), pd.concat(history, ignore_index=True), final, specs
 
 
-def headline(final: pd.DataFrame) -> pd.DataFrame:
+def versus_by_part(final: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each part's heads against softmax (analysis.compare.versus_softmax), computed once for the report."""
+    return {part: versus_softmax(group) for part, group in finished(final).groupby("part", sort=False)}
+
+
+def headline(final: pd.DataFrame, versus: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per (part, arch, head): every test metric as mean +- std over seeds, cost, and the difference to
     softmax on the same backbone (paired by seed) with its verdict."""
     rows = []
     for part, group in finished(final).groupby("part", sort=False):
-        vs = versus_softmax(group).set_index(["arch", "head"])
+        vs = versus[part].set_index(["arch", "head"]) if len(versus[part]) else pd.DataFrame()
         for (arch, head), g in group.groupby(["arch", "head"]):
-            row = {"data": part, "backbone": arch, "head": head, "seeds": len(g)}
+            row = {"data": part, "backbone": arch, "head": head, "seeds": len(g), "_m": g["accuracy"].mean()}
             row.update({label: _pm(g[col]) for col, label in METRICS.items()})
             row["epoch s"] = _pm(g["epoch_time_s_mean"], ".1f")
             row["head share"] = f"{g['head_time_share'].mean():.1%}"
@@ -84,9 +90,8 @@ def headline(final: pd.DataFrame) -> pd.DataFrame:
             row["verdict"] = "" if r is None else r["verdict"]
             rows.append(row)
     df = pd.DataFrame(rows)
-    if len(df):
-        mean = df["accuracy"].str.split(" ").str[0].astype(float)
-        df = df.assign(_m=mean).sort_values(["data", "backbone", "_m"], ascending=[True, True, False]).drop(columns="_m")
+    if len(df):  # best first within each backbone
+        df = df.sort_values(["data", "backbone", "_m"], ascending=[True, True, False]).drop(columns="_m")
     return df
 
 
@@ -188,11 +193,10 @@ def published_table(final: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def trailing(final: pd.DataFrame) -> list[str]:
+def trailing(versus: dict[str, pd.DataFrame]) -> list[str]:
     """Each head worse than softmax beyond the seed spread, by how much, and the likely reason."""
     lines = []
-    for part, group in finished(final).groupby("part", sort=False):
-        vs = versus_softmax(group)
+    for part, vs in versus.items():
         worse = vs[vs["verdict"] == "worse than softmax"] if len(vs) else vs
         for _, r in worse.iterrows():
             lines.append(f"- {part}, {r.arch} + {r['head']}: {r['diff']:+.2%} test accuracy against softmax "
@@ -235,6 +239,7 @@ def provenance(specs: dict) -> list[str]:
 # ----------------------------------------------------------------------------- the document
 def report_lines(scale, trials, final, specs, bench, done, command, out: Path, work: Path) -> list[str]:
     caveats = sorted({data_caveat(s) for s in specs.values()})
+    versus = versus_by_part(final)
     md = [f"# headsweep study: {scale.name} scale", "",
           f"{scale.description}", "", f"Made by `{command}`; `make study` reproduces the cpu scale.", "",
           "Data:", "", *[f"- {c}" for c in caveats], "",
@@ -242,9 +247,9 @@ def report_lines(scale, trials, final, specs, bench, done, command, out: Path, w
           "Test set, each model evaluated once; mean +- std over seeds (each seed retrained from scratch on "
           "train+validation with the best config the pair's search found on validation). `minus softmax` is "
           "paired by seed on the same backbone, with the 95% CI of a paired t-test; precision, recall and F1 "
-          "are macro averages.", "", _table(headline(final)), "",
+          "are macro averages.", "", _table(headline(final, versus)), "",
           "## Targets", "", _table(targets(scale, final)), "",
-          "## Heads that trail softmax", "", *trailing(final), "",
+          "## Heads that trail softmax", "", *trailing(versus), "",
           "## Cost: epoch time and the head's share", "",
           "Epoch time is the mean over the retrain's epochs (train+val, with the validation pass); the head's share "
           "is the share of a training step's forward + backward spent in the head, measured side by side on the "
@@ -288,9 +293,7 @@ def structure(text: str) -> list[str]:
 
 
 def write_results(scale, work: Path, out: Path, done: dict, command: str) -> Path:
-    trials, final, specs = load_parts(scale, work)
-    history = pd.concat([Experiment.open(work / p.name).history().assign(part=p.name) for p in scale.parts],
-                        ignore_index=True)
+    trials, history, final, specs = load_parts(scale, work)
     if out.exists():
         shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)

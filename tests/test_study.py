@@ -13,6 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "results" / "study-cpu"
 
 
+def _figures(report: str) -> list[str]:
+    """The figure paths a report shows (![...](path))."""
+    return [ln.split("](")[1].rstrip(")") for ln in report.splitlines() if ln.startswith("![")]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
@@ -35,7 +40,7 @@ def test_tiny_study_writes_every_result(tiny):
     assert spec["experiments"]["cifar100"]["space"] == "smoke"
     assert (out / "command.txt").read_text().startswith("python -m analysis.study --scale tiny")
     text = (out / "report.md").read_text()
-    for figure in [ln.split("](")[1].rstrip(")") for ln in text.splitlines() if ln.startswith("![")]:
+    for figure in _figures(text):
         assert (out / figure).is_file(), figure  # every figure the report shows is there
     assert text.count("![cifar100 cnn") == 5 and "(cifar100/report.md)" in (text)
     assert (out / "cifar100" / "report.md").is_file() and not list(out.rglob("*.npy"))  # no matrices, no weights
@@ -58,7 +63,7 @@ def test_committed_study_has_its_files():
     assert set(final[final.part == "cifar100"]["head"]) == {"softmax", "hierarchical", "adaptive", "sampled", "gumbel"}
     text = (COMMITTED / "report.md").read_text()
     assert "not the official" in text  # the split caveat stands next to the numbers
-    for figure in [ln.split("](")[1].rstrip(")") for ln in text.splitlines() if ln.startswith("![")]:
+    for figure in _figures(text):
         assert (COMMITTED / figure).is_file(), figure
     assert not [p for p in COMMITTED.rglob("*") if p.suffix in (".pt", ".npy", ".pkl")]  # no checkpoints
 

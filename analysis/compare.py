@@ -82,11 +82,13 @@ def versus_softmax(final: pd.DataFrame, trials: pd.DataFrame | None = None) -> p
 
 def adaptive_caveat(spec: dict, heads_used) -> str | None:
     """Adaptive softmax puts its most frequent classes in the cheap head cluster; with equal class
-    counts (CIFAR-100) there is no such order, and which classes land there is arbitrary."""
+    counts (CIFAR-100) there is no such order, and which classes land there is arbitrary (ties
+    follow the hierarchy's groups, or class ids)."""
     if "adaptive" in set(heads_used) and spec.get("dataset", {}).get("class_counts_tie"):
-        return ("adaptive: every class has the same number of training images, so its frequency ranking is the "
-                "class-id order and which classes share its full-rank head cluster is arbitrary; its saving "
-                "comes from the low-rank tail clusters alone.")
+        return ("adaptive: every class has the same number of training images, so frequency ranks nothing: ties "
+                "fall superclass by superclass where the dataset has a hierarchy (ties=hierarchy, the default), "
+                "in class-id order otherwise, and which classes share its full-rank head cluster is arbitrary; "
+                "its saving comes from the low-rank tail clusters alone.")
     return None
 
 

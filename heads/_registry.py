@@ -16,7 +16,7 @@ head_class = HEADS.get
 def create_head(name: str, in_features: int, num_classes: int, hierarchy: Sequence | None = None,
                 class_counts: Sequence[int] | None = None, label_smoothing: float = 0.0, **options):
     """Build head `name`; `options` are its own, checked by name and type. The data arguments
-    go to the heads that declare them (hierarchy to hierarchical, class_counts to adaptive)."""
+    go to the heads that declare them (hierarchy to hierarchical and adaptive, class_counts to adaptive)."""
     data = dict(in_features=in_features, num_classes=num_classes, hierarchy=hierarchy, class_counts=class_counts,
                 label_smoothing=label_smoothing)
     return HEADS.create(name, data, options)

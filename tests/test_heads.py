@@ -111,6 +111,26 @@ def test_adaptive_orders_classes_by_frequency():
     torch.testing.assert_close(head.log_prob(x)[:, 9], lp_internal[:, 0])  # class 9 sits in the head
 
 
+def test_adaptive_breaks_frequency_ties_by_the_hierarchy():
+    groups = np.array([1, 0, 1, 0, 2, 2, 0, 1, 2, 0])  # class -> group
+    tied = heads.create_head("adaptive", 8, 10, cutoffs=[4], class_counts=[5] * 10, hierarchy=groups)
+    assert tied.order.tolist() == [1, 3, 6, 9, 0, 2, 7, 4, 5, 8]  # group 0's classes form the head cluster
+    assert tied.hparams()["ties"] == "hierarchy"
+    # frequency still comes first: class 8 (count 6) leads, the rest tie
+    counts = [5] * 8 + [6, 5]
+    assert heads.create_head("adaptive", 8, 10, cutoffs=[4], class_counts=counts,
+                             hierarchy=groups).order.tolist() == [8, 1, 3, 6, 9, 0, 2, 7, 4, 5]
+    by_id = heads.create_head("adaptive", 8, 10, cutoffs=[4], class_counts=[5] * 10, hierarchy=groups, ties="id")
+    assert by_id.order.tolist() == list(range(10))
+    # a list of groups is read as the hierarchical head reads it
+    as_lists = heads.create_head("adaptive", 8, 10, cutoffs=[4], hierarchy=[[1, 3, 6, 9], [0, 2, 7], [4, 5, 8]])
+    assert as_lists.order.tolist() == [1, 3, 6, 9, 0, 2, 7, 4, 5, 8]
+    with pytest.raises(ValueError, match=r"ties='size' is not one of \('hierarchy', 'id'\)"):
+        heads.create_head("adaptive", 8, 10, ties="size")
+    with pytest.raises(ValueError, match="hierarchy maps 3 classes; num_classes=10"):
+        heads.create_head("adaptive", 8, 10, hierarchy=[0, 1, 2])
+
+
 @pytest.mark.parametrize("cutoffs,message", [
     ([60, 20], r"cutoffs=\[60, 20\] must be a non-empty list of strictly increasing integers"),
     ([20, 20], r"strictly increasing"),

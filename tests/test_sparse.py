@@ -182,11 +182,16 @@ def test_grouped_hierarchical_loss_and_gradients_equal_the_per_example_version(d
         torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_grouped_greedy_predict_equals_the_per_example_greedy_predict():
+@pytest.mark.parametrize("batch,every_group", [(256, True), (3, False)])
+def test_grouped_greedy_predict_equals_the_per_example_greedy_predict(batch, every_group):
+    """Both of predict's paths: every group's block (most groups present) and the gathered blocks."""
+    from heads.hierarchical import EVERY_GROUP_SHARE
+
     head = heads.create_head("hierarchical", 16, 1000, hierarchy=np.random.default_rng(0).integers(0, 30, 1000))
-    x = torch.randn(256, 16)
+    x = torch.randn(batch, 16)
     with torch.no_grad():
         group = head.group_fc(x).argmax(1)
+        assert (len(group.unique()) >= EVERY_GROUP_SHARE * 30) == every_group
         pos = _per_example_within_group(head, x, group).argmax(1)
         assert torch.equal(head.predict(x), head.order[head.members[group, pos]])
 

@@ -118,11 +118,12 @@ class _GroupedLogits(torch.autograd.Function):
     batched matmul per segment of equal-size groups (`_segments`) over the groups present. The
     weight and bias gradients hold only those groups' rows, in ascending order (row-sparse), or
     are dense C x d tensors with zeros elsewhere (`dense`). The present groups' weight blocks are
-    gathered once, as a strided view of each segment indexed by group."""
+    gathered once, as a strided view of each segment indexed by group. `plan`: `_plan`'s result
+    when the caller already has it (predict), else None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, group, segments, segment_first, width_out, dense):
-        present, slot, pos, width, bounds = _plan(group, segments, segment_first)
+    def forward(ctx, x, weight, bias, group, segments, segment_first, width_out, dense, plan=None):
+        present, slot, pos, width, bounds = plan or _plan(group, segments, segment_first)
         xp = _padded(x, slot, pos, len(present), width)  # (U, n, d)
         logits = x.new_zeros(len(x), width_out)
         blocks, rows = [], []
@@ -164,7 +165,10 @@ class _GroupedLogits(torch.autograd.Function):
         else:  # segments and groups in ascending order, rows ascending within: already coalesced
             gw = sparse_grad(index, gw.float() if gw.dtype != torch.float32 else gw, w_shape, coalesced=True)
             gb = sparse_grad(index, gb.float() if gb.dtype != torch.float32 else gb, b_shape, coalesced=True)
-        return grad_x, gw, gb, None, None, None, None, None
+        return grad_x, gw, gb, None, None, None, None, None, None
+
+
+EVERY_GROUP_SHARE = 0.4  # the share of groups present above which predict reads every group (measured below)
 
 
 def _logits_every_group(x, weight, bias, group, segments, segment_first, width_out):
@@ -174,9 +178,10 @@ def _logits_every_group(x, weight, bias, group, segments, segment_first, width_o
     writes them and reads them again: 17 ms against 23 ms at C = 1e5 (d 512, batch 256, 54% of
     the groups present) on the 2-core dev machine. With fewer present (C = 1e6: 23%) the gather
     wins (55 ms against 85 ms), so below `EVERY_GROUP_SHARE` this is `_GroupedLogits`."""
-    present, _, pos, width, _ = _plan(group, segments, segment_first)
+    plan = _plan(group, segments, segment_first)  # one plan (and host sync) for either path
+    present, _, pos, width, _ = plan
     if len(present) < EVERY_GROUP_SHARE * sum(count for _, count, _, _ in segments):
-        return _GroupedLogits.apply(x, weight, bias, group, segments, segment_first, width_out, True)
+        return _GroupedLogits.apply(x, weight, bias, group, segments, segment_first, width_out, True, plan)
     logits = x.new_zeros(len(x), width_out)
     with torch.autocast(x.device.type, enabled=False):
         for first, count, size, row0 in segments:
@@ -188,9 +193,6 @@ def _logits_every_group(x, weight, bias, group, segments, segment_first, width_o
                                 weight[w_rows].view(count, size, -1).to(x.dtype), xf.transpose(1, 2))
             logits[mine, :size] = out[local, :, pos[mine]]
     return logits
-
-
-EVERY_GROUP_SHARE = 0.4  # the share of groups present above which predict reads every group (measured above)
 
 
 @register_head(name="hierarchical")

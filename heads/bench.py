@@ -1,6 +1,6 @@
 """Cost of every head against the number of classes: the whole training step, side by side in one run.
 
-    OMP_WAIT_POLICY=PASSIVE python -m heads.bench --classes 1000,10000,100000,1000000 [--device cuda]
+    python -m heads.bench --classes 1000,10000,100000,1000000 [--device cuda] [--threads N]
 
 For each C, the heads take turns (A B C A B C ...; `--repeats` rounds): each turn builds the
 head with its optimizer (SGD, momentum 0.9, Nesterov, weight decay 5e-4: the engine's default,
@@ -14,7 +14,7 @@ bytes each step moves at this machine's measured memory bandwidth. The rest of a
 measured minus roofline, is overhead the model does not count (per-group kernels, sorting
 the sparse gradient, Gumbel noise); the "where the gap comes from" lines say which. A head
 whose memory would not fit is skipped with a message. On CPU the benchmark re-runs itself with
-OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads distort short steps) and prints the thread
+`CPU_ENV` (passive OpenMP waiting, freed memory kept in the process) and prints the thread
 settings. Writes heads_bench.csv and heads_bench.png into --out.
 """
 from __future__ import annotations
@@ -38,28 +38,36 @@ SGD = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)  # the engin
 GAP_NOTES = {  # what the roofline does not count, by head
     "softmax": "the (B, C) logits and their softmax passes beyond the byte model's four",
     "gumbel": "C Gumbel draws per example (rand, two logs) on top of softmax",
-    "sampled": "sorting (coalescing) the row gradient, gathers/scatters of rows, the Python of a small step",
+    "sampled": "a wake-up of the OpenMP threads for each of a few dozen small ops (compare --threads 1), "
+               "gathers/scatters of scattered rows, sorting (coalescing) the row gradient",
     "hierarchical": "gathering the present groups' weight blocks, padding the batch by group, the update of "
                     "their rows run by run",
     "adaptive": "PyTorch's per-cluster loop, its index_copy_ of targets, and the full update of every weight",
 }
 
 
-def head_options(name: str, num_classes: int, num_sampled: int, dense: bool) -> dict:
+TAGS = {  # variants beside each head's default, by the tag in their label
+    "dense": {"dense": True},  # today's dense update (--with-dense), for the row-sparse heads
+    "k only": {"batch_negatives": False},  # sampled's plain k-sample loss, d*(k+1), beside its default d*(B+k)
+}
+
+
+def head_options(name: str, num_classes: int, num_sampled: int, tag: str | None) -> dict:
     hp = {"num_sampled": min(num_sampled, num_classes - 1)} if name == "sampled" else {}
-    return {**hp, "dense": True} if dense else hp
+    return {**hp, **TAGS.get(tag, {})}
 
 
-def variants(names: list[str], with_dense: bool) -> list[tuple[str, bool]]:
-    """(head, dense) pairs; the row-sparse heads also dense when asked (today's update, for comparison)."""
-    out = [(n, False) for n in names]
+def variants(names: list[str], with_dense: bool) -> list[tuple[str, str | None]]:
+    """(head, tag) pairs: every head as it comes, sampled also with k samples only, and the
+    row-sparse heads also dense when asked (today's update, for comparison)."""
+    out = [(n, None) for n in names] + [("sampled", "k only")] * ("sampled" in names)
     if with_dense:
-        out += [(n, True) for n in names if "dense" in heads.HEADS.options(n)]
+        out += [(n, "dense") for n in names if "dense" in heads.HEADS.options(n)]
     return out
 
 
-def label(name: str, dense: bool) -> str:
-    return f"{name}[dense]" if dense else name
+def label(name: str, tag: str | None) -> str:
+    return f"{name}[{tag}]" if tag else name
 
 
 def _sync(device: str) -> None:
@@ -90,10 +98,10 @@ def machine_rates(device: str) -> dict:
     return {"madds_per_s": 2048 ** 3 / mm, "bytes_per_s": 2 * big.numel() * 4 / copy}
 
 
-def memory_needed(name: str, num_classes: int, dim: int, batch: int, dense: bool) -> float:
+def memory_needed(name: str, num_classes: int, dim: int, batch: int, tag: str | None) -> float:
     """Bytes a turn holds at once: weights, gradient, momentum, and a few (B, C) activations."""
     weights = num_classes * dim * 4
-    rows_sparse = "dense" in heads.HEADS.options(name) and not dense  # a row-sparse head, as `variants` reads it
+    rows_sparse = "dense" in heads.HEADS.options(name) and tag != "dense"  # a row-sparse head, as `variants` reads it
     grad = weights * (0.3 if rows_sparse else 1)
     return 3 * weights + grad + 6 * batch * num_classes * 4
 
@@ -106,11 +114,11 @@ def memory_available(device: str) -> float:
     return int(info["MemAvailable"].split()[0]) * 1024
 
 
-def one_turn(name: str, dense: bool, num_classes: int, dim: int, batch: int, device: str, num_sampled: int,
+def one_turn(name: str, tag: str | None, num_classes: int, dim: int, batch: int, device: str, num_sampled: int,
              min_time: float) -> dict:
     """Build the head and its optimizer, warm up, and time train, log_prob and predict (seconds per call)."""
     torch.manual_seed(0)
-    head = heads.create_head(name, dim, num_classes, **head_options(name, num_classes, num_sampled, dense)).to(device)
+    head = heads.create_head(name, dim, num_classes, **head_options(name, num_classes, num_sampled, tag)).to(device)
     opt = build_optimizer(head, lambda groups: torch.optim.SGD(groups, **SGD, fused=device != "mps"), "sgd", **SGD)
     x = torch.randn(batch, dim, device=device, requires_grad=True)
     y = torch.randint(0, num_classes, (batch,), device=device)
@@ -141,25 +149,25 @@ def measure(classes: list[int], names: list[str], args) -> list[dict]:
     rows = []
     for c in classes:
         todo = []
-        for name, dense in variants(names, args.with_dense):
-            need, have = memory_needed(name, c, args.dim, args.batch, dense), memory_available(args.device)
+        for name, tag in variants(names, args.with_dense):
+            need, have = memory_needed(name, c, args.dim, args.batch, tag), memory_available(args.device)
             if need > 0.8 * have:
-                print(f"C={c:>8d} {label(name, dense):20s} skipped: needs about {need / 2**30:.1f} GiB, "
+                print(f"C={c:>8d} {label(name, tag):20s} skipped: needs about {need / 2**30:.1f} GiB, "
                       f"{have / 2**30:.1f} GiB free", flush=True)
             else:
-                todo.append((name, dense))
+                todo.append((name, tag))
         times = {v: {op: [] for op in OPS} for v in todo}
         for round_ in range(args.repeats):
-            for name, dense in todo:
-                for op, s in one_turn(name, dense, c, args.dim, args.batch, args.device, args.num_sampled,
+            for name, tag in todo:
+                for op, s in one_turn(name, tag, c, args.dim, args.batch, args.device, args.num_sampled,
                                       args.min_time).items():
-                    times[(name, dense)][op].append(s)
+                    times[(name, tag)][op].append(s)
                 gc.collect()
             print(f"C={c:>8d} round {round_ + 1}/{args.repeats} done", flush=True)
-        for (name, dense), t in times.items():
+        for (name, tag), t in times.items():
             cost = heads.head_complexity(name, args.dim, c, batch=args.batch, states=1,
-                                         **head_options(name, c, args.num_sampled, dense))
-            row = {"classes": c, "head": label(name, dense), "family": name}
+                                         **head_options(name, c, args.num_sampled, tag))
+            row = {"classes": c, "head": label(name, tag), "family": name}
             for op in OPS:
                 row.update({f"{op}_ms": 1e3 * statistics.median(t[op]), f"{op}_ms_min": 1e3 * min(t[op]),
                             f"{op}_ms_max": 1e3 * max(t[op]), f"{op}_madds": cost[f"{op}_madds"],
@@ -224,18 +232,33 @@ def markdown_table(df) -> str:
     return table[cols].to_markdown(index=False, floatfmt=".3g")
 
 
+# The CPU settings a benchmark runs under; they are read when the process starts.
+CPU_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads distort short steps
+    # glibc hands every block over 32 MB back to the OS when freed, so each large tensor of a
+    # step (a C x d gradient, a gathered block) page-faults anew; keeping freed memory in the
+    # process measures the kernels, not the page faults, and applies to every head alike.
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2 ** 40),
+}
+
+
 def passive_openmp(argv: list[str] | None, device: str, module: str = "heads.bench") -> None:
-    """Re-run the command line with OMP_WAIT_POLICY=PASSIVE on CPU: OpenMP reads it when torch loads.
-    Only from the command line (argv None): a caller's process is not replaced."""
-    if argv is None and device == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        # glibc hands every block over 32 MB back to the OS when freed, so each large tensor of a
-        # step (a C x d gradient, a gathered block) page-faults anew; keeping freed memory in the
-        # process measures the kernels, not the page faults, and applies to every head alike.
-        os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
-        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2 ** 40))
+    """Re-run the command line with `CPU_ENV` on CPU (a setting the user gave is kept, except that
+    OpenMP waits passively). Only from the command line (argv None): a caller's process is not replaced."""
+    if argv is not None or device != "cpu":
+        return
+    missing = {k: v for k, v in CPU_ENV.items() if k not in os.environ}
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        missing["OMP_WAIT_POLICY"] = "PASSIVE"
+    if missing:
+        os.environ.update(missing)
         sys.stdout.flush()
         os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]])
+
+
+def cpu_settings() -> str:
+    return ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in CPU_ENV)
 
 
 @guard
@@ -250,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-sampled", type=int, default=64, help="k for the sampled head")
     p.add_argument("--with-dense", action="store_true", help="also time the row-sparse heads with dense=True")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's, one per core)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median and spread over them)")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per measurement")
     p.add_argument("--out", default="bench_out", help="folder for heads_bench.csv and heads_bench.png")
@@ -261,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(c < 2 for c in classes) or args.dim < 1 or args.batch < 1 or args.repeats < 1 or args.num_sampled < 1:
         raise ValueError(f"--classes {classes} must all be >= 2; --dim {args.dim}, --batch {args.batch}, --repeats "
                 f"{args.repeats} and --num-sampled {args.num_sampled} >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads={args.threads} must be >= 1")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise ValueError(f"--device={args.device!r}: expected cpu or cuda")
     if args.device != "cpu" and not torch.cuda.is_available():
@@ -271,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     if "softmax" not in names:
         names.insert(0, "softmax")  # the baseline of every ratio
     passive_openmp(argv, args.device)
-    print(f"device {args.device}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}"
-          f", d={args.dim}, batch={args.batch}, "
-          f"{args.repeats} interleaved rounds", flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, {cpu_settings()}, d={args.dim}, "
+          f"batch={args.batch}, {args.repeats} interleaved rounds", flush=True)
     rates = machine_rates(args.device)
     print(f"measured: {rates['madds_per_s'] / 1e9:.1f} G multiply-adds/s (fp32 matmul), "
           f"{rates['bytes_per_s'] / 1e9:.1f} GB/s (copy)", flush=True)

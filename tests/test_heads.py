@@ -277,14 +277,35 @@ def test_bench_writes_csv_plot_and_ratios(tmp_path):
     import pandas as pd
 
     assert bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-time", "0.01", "--repeats", "2",
-                       "--with-dense", "--out", str(tmp_path)]) == 0
+                       "--num-sampled", "5", "--with-dense", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "heads_bench.csv").stat().st_size > 0 and (tmp_path / "heads_bench.png").stat().st_size > 0
     df = pd.read_csv(tmp_path / "heads_bench.csv")
-    assert sorted(df.family.unique()) == heads.list_heads() and len(df) == 2 * 7  # + sampled, hierarchical dense
-    assert {"sampled[dense]", "hierarchical[dense]"} <= set(df["head"])
+    assert sorted(df.family.unique()) == heads.list_heads() and len(df) == 2 * 8  # + sampled k only, 2 dense
+    assert {"sampled[k only]", "sampled[dense]", "hierarchical[dense]"} <= set(df["head"])
+    plain = df[(df["head"] == "sampled[k only]") & (df.classes == 50)].iloc[0]
+    assert plain.train_madds == 8 * (5 + 1)  # --num-sampled 5: the k-sample loss, d*(k+1)
     assert (df.train_ms_min <= df.train_ms).all() and (df.train_ms <= df.train_ms_max).all()
     soft = df[df["head"] == "softmax"]
     assert (soft.train_speedup == 1.0).all() and (soft.train_speedup_madds == 1.0).all()
     assert (soft.train_speedup_roofline == 1.0).all()
     hier = df[(df["head"] == "hierarchical") & (df.classes == 50)].iloc[0]
     assert hier.train_speedup_madds == pytest.approx(50 / (7 + 50 / 7), rel=0.05)
+
+
+def test_bench_reruns_itself_with_the_cpu_settings_it_lacks(monkeypatch):
+    from heads import bench
+
+    calls = []
+    monkeypatch.setattr(bench.os, "execv", lambda exe, argv: calls.append(argv))
+    for key in bench.CPU_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")  # the user's own setting is kept
+    bench.passive_openmp(["--classes", "10"], "cpu")  # called with argv (a test, a notebook): never replaced
+    bench.passive_openmp(None, "cuda")
+    assert calls == []
+    bench.passive_openmp(None, "cpu")
+    assert len(calls) == 1 and calls[0][1:3] == ["-m", "heads.bench"]
+    assert bench.cpu_settings() == ("OMP_WAIT_POLICY=PASSIVE, MALLOC_MMAP_MAX_=65536, "
+                                    "MALLOC_TRIM_THRESHOLD_=1099511627776")
+    bench.passive_openmp(None, "cpu")  # everything set now: no second re-run
+    assert len(calls) == 1

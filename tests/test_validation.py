@@ -184,6 +184,7 @@ def test_search_cli_refuses_wrong_types_before_ray_starts(capsys, tmp_path, argv
     (["--classes", "1e5"], "--classes='1e5': expected comma-separated integers"),
     (["--repeats", "0"], "--repeats 0 and --num-sampled 64 >= 1"),
     (["--device", "tpu"], "--device='tpu': expected cpu or cuda"),
+    (["--threads", "0"], "--threads=0 must be >= 1"),
 ])
 def test_bench_cli_refuses_bad_input_in_one_line(capsys, tmp_path, argv, message):
     from heads import bench

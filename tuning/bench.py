@@ -41,7 +41,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.cli import ArgumentParser, guard
-from heads.bench import machine_rates, passive_openmp
+from heads.bench import cpu_settings, machine_rates, passive_openmp
 from tuning import data, engine
 from tuning.config import TrainConfig
 from tuning.loader import channel_stats
@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             chosen.append(v)
     peak, peak_text = peak_flops(device, args.peak_tflops)
-    print(f"{args.arch} + {args.head}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads; "
-          f"{ds.name} ({'generated' if args.fake_data else args.data_dir}); {args.repeats} rounds of {args.steps} "
+    print(f"{args.arch} + {args.head}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads "
+          f"({cpu_settings()}); {ds.name} ({'generated' if args.fake_data else args.data_dir}); {args.repeats} rounds of {args.steps} "
           f"steps; MFU against the {peak_text}", flush=True)
     contenders = [Contender(v, args, split) for v in chosen]
     flops = train_flops_per_image(contenders[0].run, *contenders[0].next_batch())

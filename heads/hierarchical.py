@@ -187,8 +187,7 @@ def _logits_every_group(x, weight, bias, group, segments, segment_first, width_o
         for first, count, size, row0 in segments:
             mine = (group >= first) & (group < first + count)
             local, w_rows = group[mine] - first, slice(row0, row0 + count * size)
-            xf = x.new_zeros(count, width, x.shape[1])
-            xf[local, pos[mine]] = x[mine]
+            xf = _padded(x[mine], local, pos[mine], count, width)  # (count, n, d): every group of the segment
             out = torch.baddbmm(bias[w_rows].view(count, size, 1).to(x.dtype),
                                 weight[w_rows].view(count, size, -1).to(x.dtype), xf.transpose(1, 2))
             logits[mine, :size] = out[local, :, pos[mine]]

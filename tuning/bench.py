@@ -335,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             chosen.append(v)
     peak, peak_text = peak_flops(device, args.peak_tflops)
     print(f"{args.arch} + {args.head}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads "
-          f"({cpu_settings()}); {ds.name} ({'generated' if args.fake_data else args.data_dir}); {args.repeats} rounds of {args.steps} "
-          f"steps; MFU against the {peak_text}", flush=True)
+          f"({cpu_settings()}); {ds.name} ({'generated' if args.fake_data else args.data_dir}); "
+          f"{args.repeats} rounds of {args.steps} steps; MFU against the {peak_text}", flush=True)
     contenders = [Contender(v, args, split) for v in chosen]
     flops = train_flops_per_image(contenders[0].run, *contenders[0].next_batch())
     df = pd.DataFrame(measure(contenders, args))

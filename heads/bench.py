@@ -38,7 +38,7 @@ SGD = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)  # the engin
 GAP_NOTES = {  # what the roofline does not count, by head
     "softmax": "the (B, C) logits and their softmax passes beyond the byte model's four",
     "gumbel": "C Gumbel draws per example (rand, two logs) on top of softmax",
-    "sampled": "a wake-up of the OpenMP threads for each of a few dozen small ops (compare --threads 1), "
+    "sampled": "a few dozen small ops of ~100 us each (run on one thread, heads.sparse.one_thread), "
                "gathers/scatters of scattered rows, sorting (coalescing) the row gradient",
     "hierarchical": "gathering the present groups' weight blocks, padding the batch by group, the update of "
                     "their rows run by run",

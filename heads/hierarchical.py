@@ -132,10 +132,11 @@ class _GroupedLogits(torch.autograd.Function):
                 local = present[a:b] - first
                 w = weight[row0:row0 + count * size].view(count, size, -1)[local].to(x.dtype)  # (U_s, size, d)
                 bs = bias[row0:row0 + count * size].view(count, size)[local].to(x.dtype)
-                # (U_s, size, n): the weight block as the left operand, 1.5x faster on CPU than xp @ w^T
-                out = torch.baddbmm(bs[:, :, None], w, xp[a:b].transpose(1, 2))
+                # (U_s, n, size): xp @ w^T streams each weight block once, where w @ xp^T (MKL) takes
+                # 1.5-2x as long (7.4 against 11.3 ms at C = 1e5, 23 against 50 ms at 1e6; README)
+                out = torch.baddbmm(bs[:, None, :], xp[a:b], w.transpose(1, 2))
                 mine = (slot >= a) & (slot < b)
-                logits[mine, :size] = out[slot[mine] - a, :, pos[mine]]
+                logits[mine, :size] = out[slot[mine] - a, pos[mine]]
                 blocks.append(w)
                 rows.append((row0 + local[:, None] * size + torch.arange(size, device=x.device)).flatten())
         ctx.save_for_backward(xp, slot, pos, torch.cat(rows), *blocks)
@@ -175,9 +176,9 @@ def _logits_every_group(x, weight, bias, group, segments, segment_first, width_o
     """Greedy predict's within-group logits (B, M) without gradients. When most groups hold an
     example, one batched matmul per segment over *all* its groups, the batch padded to every
     group, reads each weight row once where gathering the present groups' blocks first reads and
-    writes them and reads them again: 17 ms against 23 ms at C = 1e5 (d 512, batch 256, 54% of
+    writes them and reads them again: 19.6 ms against 29.9 ms at C = 1e5 (d 512, batch 256, 54% of
     the groups present) on the 2-core dev machine. With fewer present (C = 1e6: 23%) the gather
-    wins (55 ms against 85 ms), so below `EVERY_GROUP_SHARE` this is `_GroupedLogits`."""
+    wins (107 ms against 121 ms), so below `EVERY_GROUP_SHARE` this is `_GroupedLogits`."""
     plan = _plan(group, segments, segment_first)  # one plan (and host sync) for either path
     present, _, pos, width, _ = plan
     if len(present) < EVERY_GROUP_SHARE * sum(count for _, count, _, _ in segments):
@@ -188,9 +189,9 @@ def _logits_every_group(x, weight, bias, group, segments, segment_first, width_o
             mine = (group >= first) & (group < first + count)
             local, w_rows = group[mine] - first, slice(row0, row0 + count * size)
             xf = _padded(x[mine], local, pos[mine], count, width)  # (count, n, d): every group of the segment
-            out = torch.baddbmm(bias[w_rows].view(count, size, 1).to(x.dtype),
-                                weight[w_rows].view(count, size, -1).to(x.dtype), xf.transpose(1, 2))
-            logits[mine, :size] = out[local, :, pos[mine]]
+            out = torch.baddbmm(bias[w_rows].view(count, 1, size).to(x.dtype), xf,
+                                weight[w_rows].view(count, size, -1).to(x.dtype).transpose(1, 2))  # (count, n, size)
+            logits[mine, :size] = out[local, pos[mine]]
     return logits
 
 

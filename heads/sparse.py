@@ -26,10 +26,17 @@ is the cost. Here:
   The two rules agree with the dense one when every row is touched every step. PyTorch's
   stock SGD refuses sparse gradients with weight decay or Nesterov, hence this class;
 - `Chained` steps a dense and a lazy optimizer as one, so a scheduler, `zero_grad` and a
-  checkpoint see a single optimizer.
+  checkpoint see a single optimizer;
+- `one_thread` and `on_one_thread` run a few hundred rows' worth of work on the calling CPU
+  thread: a step over so few rows is a few dozen ops of a few hundred KB each, and waking the
+  other OpenMP threads for every op costs more than they save (sampled's whole training step,
+  k = 64 at C = 1e5 on the 2-core dev machine: 2.6 ms with the process on one thread against
+  5.4 ms on two; with these, 3.0 ms on two). From about 1e6 elements two threads win (k = 2048:
+  29 ms on one against 22 ms on two), hence `SMALL`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -69,6 +76,55 @@ def rows(index: torch.Tensor, *tensors: torch.Tensor):
 def sparse_grad(index: torch.Tensor, values: torch.Tensor, shape, coalesced: bool = False) -> torch.Tensor:
     """A row-sparse gradient of a tensor of `shape`: rows `index` (sorted and unique if `coalesced`)."""
     return torch.sparse_coo_tensor(index[None], values, shape, is_coalesced=coalesced, check_invariants=False)
+
+
+SMALL = 2 ** 19  # elements (2 MB of fp32) up to which work runs on one thread (module docstring)
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device, numel: int):
+    """The block's ops on the calling thread when `device` is the CPU and its largest tensor has at
+    most `SMALL` elements (`numel`); the thread count is restored after it, also when it raises.
+    (A change of thread count costs nothing measurable.)"""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or numel > SMALL:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _OnOneThread(torch.autograd.Function):
+    """fn(*inputs) with its forward and its backward inside `one_thread`. The inner graph is recorded
+    in forward and differentiated by torch.autograd.grad in backward (as torch.utils.checkpoint
+    does, without recomputing), so row-sparse gradients pass through unchanged."""
+
+    @staticmethod
+    def forward(ctx, fn, numel, *inputs):
+        inner = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+        with torch.enable_grad(), one_thread(inputs[0].device, numel):
+            out = fn(*inner)
+        ctx.graph, ctx.numel = (out, inner), numel
+        return out.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        out, inner = ctx.graph
+        ctx.graph = None  # the inner graph is freed with this step, as autograd frees its own
+        wanted = [t for t in inner if t.requires_grad]
+        with one_thread(grad.device, ctx.numel):
+            grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None, None, *(next(grads) if t.requires_grad else None for t in inner))
+
+
+def on_one_thread(fn, numel: int, *inputs: torch.Tensor) -> torch.Tensor:
+    """fn(*inputs), a tensor, computed and differentiated on one CPU thread when its largest
+    intermediate has at most `SMALL` elements (`numel`; `one_thread`)."""
+    return _OnOneThread.apply(fn, numel, *inputs)
 
 
 class LazyRows(torch.optim.Optimizer):
@@ -129,12 +185,13 @@ class LazyRows(torch.optim.Optimizer):
             views = lambda t: list(torch.tensor_split(t, bounds)[1::2])  # noqa: E731
             self._apply(group, views(p), list(torch.split(values, lengths)), {k: views(v) for k, v in tensors.items()},
                         None if last is None else last.index_select(0, first), state.get("step"))
-        else:  # scattered rows (sampled): gather copies, update them, scatter them back
-            copies = {"param": p.index_select(0, index), **{k: v.index_select(0, index) for k, v in tensors.items()}}
-            self._apply(group, [copies["param"]], [values], {k: [v] for k, v in copies.items() if k != "param"},
-                        last, state.get("step"))
-            for k, v in copies.items():
-                (p if k == "param" else tensors[k]).index_copy_(0, index, v)
+        else:  # scattered rows (sampled): gather copies, update them, scatter them back, on one thread
+            with one_thread(p.device, values.numel()):
+                copies = {"param": p.index_select(0, index), **{k: v.index_select(0, index) for k, v in tensors.items()}}
+                self._apply(group, [copies["param"]], [values], {k: [v] for k, v in copies.items() if k != "param"},
+                            last, state.get("step"))
+                for k, v in copies.items():
+                    (p if k == "param" else tensors[k]).index_copy_(0, index, v)
         if last is not None:
             state["row_last"].index_fill_(0, index, state["step"].item())
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import heads
-from heads.sparse import RULES, Chained, LazyRows, sparse_grad
+from heads.sparse import RULES, SMALL, Chained, LazyRows, on_one_thread, rows, sparse_grad
 from tuning.config import TrainConfig
 from tuning.optim import OPTIMIZERS, make_optimizer
 
@@ -125,6 +125,50 @@ def test_sparse_and_dense_updates_agree_after_one_plain_sgd_step(name, hp):
         assert touched.equal((after[1][k] != before[k]).reshape(len(before[k]), -1).any(1))
     weight = "fc.weight" if name == "sampled" else "class_weight"
     assert 0 < ((after[0][weight] != before[weight]).any(1)).sum() < 50  # a few rows moved, the others kept
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_small_work_runs_forward_and_backward_on_one_thread_and_gives_autograd_s_gradients(two_threads):
+    weight, x, index = torch.randn(50, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True), torch.tensor(
+        [3, 7, 3, 40])
+    seen = []
+
+    def fn(x, index, weight):
+        out = (x * rows(index, weight)).sum(1).pow(2)
+        seen.append(torch.get_num_threads())
+        out.register_hook(lambda g: seen.append(torch.get_num_threads()))  # runs in the backward
+        return out.sum()
+
+    loss = on_one_thread(fn, 100, x, index, weight)
+    assert torch.get_num_threads() == 2
+    loss.backward()
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    gx, gw = x.grad, weight.grad
+    assert gw.is_sparse and gw._indices()[0].tolist() == [3, 7, 40]
+    x.grad = weight.grad = None
+    fn(x, index, weight).backward()  # the same function on autograd's own graph
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gw.to_dense(), weight.grad.to_dense())
+    assert seen[2:] == [2, 2]
+
+
+def test_large_work_keeps_every_thread_and_a_failure_restores_the_thread_count(two_threads):
+    seen = []
+    on_one_thread(lambda x: seen.append(torch.get_num_threads()) or x.sum(), SMALL + 1, torch.ones(3))
+    assert seen == [2]
+
+    def fails(x):
+        raise ValueError("inside the step")
+    with pytest.raises(ValueError, match="inside the step"):
+        on_one_thread(fails, 10, torch.ones(3))
+    assert torch.get_num_threads() == 2
 
 
 def test_sparse_update_leaves_untouched_rows_as_they_were_under_momentum_and_decay():

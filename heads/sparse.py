@@ -113,8 +113,7 @@ class _OnOneThread(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        out, inner = ctx.graph
-        ctx.graph = None  # the inner graph is freed with this step, as autograd frees its own
+        out, inner = ctx.graph  # autograd.grad frees the inner graph's buffers, as a backward does
         wanted = [t for t in inner if t.requires_grad]
         with one_thread(grad.device, ctx.numel):
             grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))

@@ -31,6 +31,7 @@ import torch
 
 import heads
 from common.cli import ArgumentParser, guard
+from heads.hierarchical import fastest_num_groups
 from heads.sparse import build_optimizer
 
 OPS = ("train", "log_prob", "predict")
@@ -49,18 +50,23 @@ GAP_NOTES = {  # what the roofline does not count, by head
 TAGS = {  # variants beside each head's default, by the tag in their label
     "dense": {"dense": True},  # today's dense update (--with-dense), for the row-sparse heads
     "k only": {"batch_negatives": False},  # sampled's plain k-sample loss, d*(k+1), beside its default d*(B+k)
+    "fast K": {"tree": "balanced"},  # hierarchical with the group count fastest for the batch (head_options)
 }
 
 
-def head_options(name: str, num_classes: int, num_sampled: int, tag: str | None) -> dict:
-    hp = {"num_sampled": min(num_sampled, num_classes - 1)} if name == "sampled" else {}
+def head_options(name: str, num_classes: int, tag: str | None, args) -> dict:
+    hp = {"num_sampled": min(args.num_sampled, num_classes - 1)} if name == "sampled" else {}
+    if tag == "fast K":  # the K that complexity() predicts fastest at this batch and machine
+        hp["num_groups"] = fastest_num_groups(num_classes, args.dim, args.batch, args.madds_per_byte)
     return {**hp, **TAGS.get(tag, {})}
 
 
 def variants(names: list[str], with_dense: bool) -> list[tuple[str, str | None]]:
-    """(head, tag) pairs: every head as it comes, sampled also with k samples only, and the
-    row-sparse heads also dense when asked (today's update, for comparison)."""
+    """(head, tag) pairs: every head as it comes, sampled also with k samples only, hierarchical
+    also with the group count fastest for the batch, and the row-sparse heads also dense when
+    asked (today's update, for comparison)."""
     out = [(n, None) for n in names] + [("sampled", "k only")] * ("sampled" in names)
+    out += [("hierarchical", "fast K")] * ("hierarchical" in names)
     if with_dense:
         out += [(n, "dense") for n in names if "dense" in heads.HEADS.options(n)]
     return out
@@ -114,11 +120,11 @@ def memory_available(device: str) -> float:
     return int(info["MemAvailable"].split()[0]) * 1024
 
 
-def one_turn(name: str, tag: str | None, num_classes: int, dim: int, batch: int, device: str, num_sampled: int,
-             min_time: float) -> dict:
+def one_turn(name: str, tag: str | None, num_classes: int, args) -> dict:
     """Build the head and its optimizer, warm up, and time train, log_prob and predict (seconds per call)."""
     torch.manual_seed(0)
-    head = heads.create_head(name, dim, num_classes, **head_options(name, num_classes, num_sampled, tag)).to(device)
+    dim, batch, device, min_time = args.dim, args.batch, args.device, args.min_time
+    head = heads.create_head(name, dim, num_classes, **head_options(name, num_classes, tag, args)).to(device)
     opt = build_optimizer(head, lambda groups: torch.optim.SGD(groups, **SGD, fused=device != "mps"), "sgd", **SGD)
     x = torch.randn(batch, dim, device=device, requires_grad=True)
     y = torch.randint(0, num_classes, (batch,), device=device)
@@ -159,14 +165,13 @@ def measure(classes: list[int], names: list[str], args) -> list[dict]:
         times = {v: {op: [] for op in OPS} for v in todo}
         for round_ in range(args.repeats):
             for name, tag in todo:
-                for op, s in one_turn(name, tag, c, args.dim, args.batch, args.device, args.num_sampled,
-                                      args.min_time).items():
+                for op, s in one_turn(name, tag, c, args).items():
                     times[(name, tag)][op].append(s)
                 gc.collect()
             print(f"C={c:>8d} round {round_ + 1}/{args.repeats} done", flush=True)
         for (name, tag), t in times.items():
             cost = heads.head_complexity(name, args.dim, c, batch=args.batch, states=1,
-                                         **head_options(name, c, args.num_sampled, tag))
+                                         **head_options(name, c, tag, args))
             row = {"classes": c, "head": label(name, tag), "family": name}
             for op in OPS:
                 row.update({f"{op}_ms": 1e3 * statistics.median(t[op]), f"{op}_ms_min": 1e3 * min(t[op]),
@@ -302,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {args.device}, {torch.get_num_threads()} threads, {cpu_settings()}, d={args.dim}, "
           f"batch={args.batch}, {args.repeats} interleaved rounds", flush=True)
     rates = machine_rates(args.device)
+    args.madds_per_byte = rates["madds_per_s"] / rates["bytes_per_s"]
     print(f"measured: {rates['madds_per_s'] / 1e9:.1f} G multiply-adds/s (fp32 matmul), "
           f"{rates['bytes_per_s'] / 1e9:.1f} GB/s (copy)", flush=True)
+    if "hierarchical" in names:
+        print("hierarchical[fast K]: the balanced tree with K groups (heads.hierarchical.fastest_num_groups at "
+              f"{args.madds_per_byte:.1f} multiply-adds a byte): " + ", ".join(
+                  f"K={fastest_num_groups(c, args.dim, args.batch, args.madds_per_byte)} at C={c} (sqrt(C) "
+                  f"{round(c ** 0.5)})" for c in classes), flush=True)
     df = add_predictions(pd.DataFrame(measure(classes, names, args)), rates, args.batch)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -79,15 +79,20 @@ def sparse_grad(index: torch.Tensor, values: torch.Tensor, shape, coalesced: boo
 
 
 SMALL = 2 ** 19  # elements (2 MB of fp32) up to which work runs on one thread (module docstring)
+# The lazy update of runs of rows (a hierarchical head's groups) runs one fused kernel per run, and
+# on two threads each kernel wakes the other thread: 55k rows in runs of 55 rows took 119 ms on two
+# threads against 30 on one; runs of 275 rows tie (31 ms); runs of 550 rows are faster on two (23
+# against 30). So runs of up to SMALL_RUN elements (256 rows of 512) are updated on one thread.
+SMALL_RUN = 2 ** 17
 
 
 @contextlib.contextmanager
-def one_thread(device: torch.device, numel: int):
+def one_thread(device: torch.device, numel: int, limit: int = SMALL):
     """The block's ops on the calling thread when `device` is the CPU and its largest tensor has at
-    most `SMALL` elements (`numel`); the thread count is restored after it, also when it raises.
+    most `limit` elements (`numel`); the thread count is restored after it, also when it raises.
     (A change of thread count costs nothing measurable.)"""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or numel > SMALL:
+    if device.type != "cpu" or threads == 1 or numel > limit:
         yield
         return
     torch.set_num_threads(1)
@@ -132,8 +137,8 @@ class LazyRows(torch.optim.Optimizer):
     The arithmetic is PyTorch's own (the functional `torch.optim.sgd.sgd`, `adam`, `adamw`,
     `rmsprop`; fused kernels where PyTorch has them), so a row moves exactly as the stock
     optimizer would move it. Long runs of consecutive rows (a hierarchical head's groups) are
-    updated in place as views; scattered rows (sampled) are gathered into copies, updated and
-    scattered back. Adam(W) first catches up the steps a row missed (`_catch_up`).
+    updated in place as views (on one thread when the runs are short: `SMALL_RUN`); scattered
+    rows (sampled) are gathered into copies, updated and scattered back. Adam(W) first catches up the steps a row missed (`_catch_up`).
     Hyperparameters mirror the stock optimizers: sgd(momentum, nesterov), adam/adamw(betas=
     (momentum, beta2), eps), rmsprop(alpha, eps, momentum); `weight_decay` is L2 added to the
     gradient, except for adamw (decoupled). Dense gradients are accepted too (every row touched).
@@ -182,8 +187,10 @@ class LazyRows(torch.optim.Optimizer):
         if _in_long_runs(index):  # a hierarchical head's groups: views, updated in place
             bounds, lengths, first = _runs(index, last)
             views = lambda t: list(torch.tensor_split(t, bounds)[1::2])  # noqa: E731
-            self._apply(group, views(p), list(torch.split(values, lengths)), {k: views(v) for k, v in tensors.items()},
-                        None if last is None else last.index_select(0, first), state.get("step"))
+            with one_thread(p.device, values.numel() // len(lengths), SMALL_RUN):  # a kernel per run
+                self._apply(group, views(p), list(torch.split(values, lengths)),
+                            {k: views(v) for k, v in tensors.items()},
+                            None if last is None else last.index_select(0, first), state.get("step"))
         else:  # scattered rows (sampled): gather copies, update them, scatter them back, on one thread
             with one_thread(p.device, values.numel()):
                 copies = {"param": p.index_select(0, index), **{k: v.index_select(0, index) for k, v in tensors.items()}}

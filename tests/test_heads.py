@@ -271,6 +271,20 @@ def test_complexity_formulas():
     assert HierarchicalHead(8, 100, hierarchy=np.arange(100) // 5).cost()["train_madds"] == 8 * (20 + 5)
 
 
+def test_fastest_group_count_lies_between_the_multiply_add_and_the_memory_optimum():
+    from heads.hierarchical import fastest_num_groups
+
+    # compute-bound (bytes free): sqrt(C), the multiply-add optimum, up to the search grid's 7% steps
+    assert fastest_num_groups(10000, 512, 256, madds_per_byte=1e-6) == pytest.approx(100, rel=0.07)
+    # memory-bound (multiply-adds free): about sqrt(B*C), the fewest rows touched (1600 for B=256)
+    assert fastest_num_groups(10000, 512, 256, madds_per_byte=1e6) == pytest.approx(1600, rel=0.1)
+    # the dev machine's ratio: the K the README's measurements found fastest at 1e5 and 1e6
+    fast = [fastest_num_groups(c, 512, 256) for c in (10 ** 5, 10 ** 6)]
+    assert fast == [2196, 7233]
+    cost = lambda k: heads.head_complexity("hierarchical", 512, 10 ** 5, tree="balanced", num_groups=k)  # noqa: E731
+    assert cost(316)["train_bytes"] > 3 * cost(fast[0])["train_bytes"]
+
+
 def test_bench_writes_csv_plot_and_ratios(tmp_path):
     from heads import bench
 
@@ -280,8 +294,8 @@ def test_bench_writes_csv_plot_and_ratios(tmp_path):
                        "--num-sampled", "5", "--with-dense", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "heads_bench.csv").stat().st_size > 0 and (tmp_path / "heads_bench.png").stat().st_size > 0
     df = pd.read_csv(tmp_path / "heads_bench.csv")
-    assert sorted(df.family.unique()) == heads.list_heads() and len(df) == 2 * 8  # + sampled k only, 2 dense
-    assert {"sampled[k only]", "sampled[dense]", "hierarchical[dense]"} <= set(df["head"])
+    assert sorted(df.family.unique()) == heads.list_heads() and len(df) == 2 * 9  # + k only, fast K, 2 dense
+    assert {"sampled[k only]", "sampled[dense]", "hierarchical[dense]", "hierarchical[fast K]"} <= set(df["head"])
     plain = df[(df["head"] == "sampled[k only]") & (df.classes == 50)].iloc[0]
     assert plain.train_madds == 8 * (5 + 1)  # --num-sampled 5: the k-sample loss, d*(k+1)
     assert (df.train_ms_min <= df.train_ms).all() and (df.train_ms <= df.train_ms_max).all()

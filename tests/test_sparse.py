@@ -171,6 +171,23 @@ def test_large_work_keeps_every_thread_and_a_failure_restores_the_thread_count(t
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.parametrize("rows_touched, threads", [(list(range(32)) + list(range(64, 96)), 1),
+                                                     (list(range(2 ** 17)), 2)])
+def test_runs_of_rows_are_updated_on_one_thread_when_each_run_is_small(two_threads, monkeypatch, rows_touched,
+                                                                        threads):
+    # One kernel per run: on two threads each run pays a wake-up of the other thread (README).
+    seen, stock = [], heads.sparse.sgd
+    monkeypatch.setattr(heads.sparse, "sgd", lambda *a, **k: seen.append(torch.get_num_threads()) or stock(*a, **k))
+    weight = torch.nn.Parameter(torch.zeros(2 ** 17, 8))
+    index = torch.tensor(rows_touched)
+    weight.grad = sparse_grad(index, torch.ones(len(index), 8), weight.shape, coalesced=True)
+    LazyRows([weight], "sgd", lr=0.5, momentum=0.9).step()
+    assert seen == [threads] and torch.get_num_threads() == 2
+    touched = torch.zeros(2 ** 17, dtype=torch.bool)
+    touched[index] = True
+    assert (weight[touched] == -0.5).all() and (weight[~touched] == 0).all()
+
+
 def test_sparse_update_leaves_untouched_rows_as_they_were_under_momentum_and_decay():
     head = heads.create_head("sampled", 8, 1000, num_sampled=4)
     opt = make_optimizer(TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.1), head)

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if "hierarchical" in names:
         print("hierarchical[fast K]: the balanced tree with K groups (heads.hierarchical.fastest_num_groups at "
               f"{args.madds_per_byte:.1f} multiply-adds a byte): " + ", ".join(
-                  f"K={fastest_num_groups(c, args.dim, args.batch, args.madds_per_byte)} at C={c} (sqrt(C) "
+                  f"K={head_options('hierarchical', c, 'fast K', args)['num_groups']} at C={c} (sqrt(C) "
                   f"{round(c ** 0.5)})" for c in classes), flush=True)
     df = add_predictions(pd.DataFrame(measure(classes, names, args)), rates, args.batch)
     out = Path(args.out)

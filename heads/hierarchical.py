@@ -79,6 +79,14 @@ def _balanced_sizes(num_classes: int, k: int) -> np.ndarray:
     return sizes
 
 
+def _group_sizes(num_classes: int, hierarchy, tree: str, num_groups: int | None) -> np.ndarray:
+    """Each group's size; a balanced tree's without building its lists of C class ids."""
+    k = _balanced_size(num_classes, hierarchy, tree, num_groups)
+    if k is not None:
+        return _balanced_sizes(num_classes, k)
+    return np.array([len(g) for g in resolve_groups(num_classes, hierarchy, tree, num_groups)])
+
+
 def resolve_groups(num_classes: int, hierarchy=None, tree: str = "auto", num_groups: int | None = None):
     """Groups as lists of class ids. `hierarchy` is class->group ids or a list of groups."""
     k = _balanced_size(num_classes, hierarchy, tree, num_groups)
@@ -310,9 +318,7 @@ class HierarchicalHead(Head):
     @classmethod
     def complexity(cls, in_features, num_classes, hierarchy=None, tree="auto", num_groups=None, dense=False,
                    batch=256, states=1, **hp):
-        k = _balanced_size(num_classes, hierarchy, tree, num_groups)
-        sizes = _balanced_sizes(num_classes, k) if k is not None else np.array(
-            [len(g) for g in resolve_groups(num_classes, hierarchy, tree, num_groups)])
+        sizes = _group_sizes(num_classes, hierarchy, tree, num_groups)
         d, k, c = in_features, len(sizes), num_classes
         train_madds, train_bytes, rows = _train_cost(sizes, d, batch, states, dense)
         return madds(train_madds, d * (k + num_classes), d * (k + sizes.mean()),

@@ -88,9 +88,10 @@ SMALL_RUN = 2 ** 17
 
 @contextlib.contextmanager
 def one_thread(device: torch.device, numel: int, limit: int = SMALL):
-    """The block's ops on the calling thread when `device` is the CPU and its largest tensor has at
-    most `limit` elements (`numel`); the thread count is restored after it, also when it raises.
-    (A change of thread count costs nothing measurable.)"""
+    """The block's ops on the calling thread when `device` is the CPU and each op's work (`numel`:
+    the elements of its largest tensor, or of one of many like kernels) is at most `limit`; the
+    thread count is restored after it, also when it raises. (A change of thread count costs
+    nothing measurable.)"""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1 or numel > limit:
         yield

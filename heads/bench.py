@@ -31,6 +31,7 @@ import torch
 
 import heads
 from common.cli import ArgumentParser, guard
+from heads import kernels
 from heads.hierarchical import fastest_num_groups
 from heads.sparse import build_optimizer
 
@@ -41,8 +42,9 @@ GAP_NOTES = {  # what the roofline does not count, by head
     "gumbel": "C Gumbel draws per example (rand, two logs) on top of softmax",
     "sampled": "a few dozen small ops of ~100 us each (run on one thread, heads.sparse.one_thread), "
                "gathers/scatters of scattered rows, sorting (coalescing) the row gradient",
-    "hierarchical": "gathering the present groups' weight blocks, padding the batch by group, the update of "
-                    "their rows run by run",
+    "hierarchical": "with the CPU kernels, the lazy update run by run of the groups present and the K-way group "
+                    "layer's small ops; with batched matmuls (CUDA, no compiler), also the gather of the present "
+                    "groups' blocks and the batch padded by group",
     "adaptive": "PyTorch's per-cluster loop, its index_copy_ of targets, and the full update of every weight",
 }
 
@@ -51,6 +53,7 @@ TAGS = {  # variants beside each head's default, by the tag in their label
     "dense": {"dense": True},  # today's dense update (--with-dense), for the row-sparse heads
     "k only": {"batch_negatives": False},  # sampled's plain k-sample loss, d*(k+1), beside its default d*(B+k)
     "fast K": {"tree": "balanced"},  # hierarchical with the group count fastest for the batch (head_options)
+    "matmuls": {"cpu_kernels": False},  # hierarchical on the batched matmuls, beside its CPU kernels
 }
 
 
@@ -61,12 +64,14 @@ def head_options(name: str, num_classes: int, tag: str | None, args) -> dict:
     return {**hp, **TAGS.get(tag, {})}
 
 
-def variants(names: list[str], with_dense: bool) -> list[tuple[str, str | None]]:
+def variants(names: list[str], with_dense: bool, on_kernels: bool = False) -> list[tuple[str, str | None]]:
     """(head, tag) pairs: every head as it comes, sampled also with k samples only, hierarchical
-    also with the group count fastest for the batch, and the row-sparse heads also dense when
-    asked (today's update, for comparison)."""
+    also with the group count fastest for the batch and, when it runs on the CPU kernels
+    (`on_kernels`), on the batched matmuls; and the row-sparse heads also dense when asked
+    (today's update, for comparison)."""
     out = [(n, None) for n in names] + [("sampled", "k only")] * ("sampled" in names)
     out += [("hierarchical", "fast K")] * ("hierarchical" in names)
+    out += [("hierarchical", "matmuls")] * ("hierarchical" in names and on_kernels)
     if with_dense:
         out += [(n, "dense") for n in names if "dense" in heads.HEADS.options(n)]
     return out
@@ -155,10 +160,10 @@ def measure(classes: list[int], names: list[str], args) -> list[dict]:
     rows = []
     for c in classes:
         todo = []
-        for name, tag in variants(names, args.with_dense):
+        for name, tag in variants(names, args.with_dense, args.on_kernels):
             need, have = memory_needed(name, c, args.dim, args.batch, tag), memory_available(args.device)
             if need > 0.8 * have:
-                print(f"C={c:>8d} {label(name, tag):20s} skipped: needs about {need / 2**30:.1f} GiB, "
+                print(f"C={c:>8d} {label(name, tag):21s} skipped: needs about {need / 2**30:.1f} GiB, "
                       f"{have / 2**30:.1f} GiB free", flush=True)
             else:
                 todo.append((name, tag))
@@ -178,7 +183,7 @@ def measure(classes: list[int], names: list[str], args) -> list[dict]:
                             f"{op}_ms_max": 1e3 * max(t[op]), f"{op}_madds": cost[f"{op}_madds"],
                             f"{op}_bytes": cost[f"{op}_bytes"]})
             rows.append(row)
-            print(f"C={c:>8d} {row['head']:20s} " + "  ".join(f"{op} {row[f'{op}_ms']:10.3f} ms" for op in OPS),
+            print(f"C={c:>8d} {row['head']:21s} " + "  ".join(f"{op} {row[f'{op}_ms']:10.3f} ms" for op in OPS),
                   flush=True)
     return rows
 
@@ -205,9 +210,9 @@ def gap_lines(df) -> list[str]:
     for _, r in df.iterrows():
         over = r.train_ms - r.train_roofline_ms
         share = max(0.0, over) / r.train_ms
-        lines.append(f"C={r.classes:>8d} {r['head']:20s} train {r.train_ms:9.2f} ms, roofline {r.train_roofline_ms:9.2f} "
-                     f"ms ({100 * r.train_memory_share:3.0f}% of it memory traffic); {100 * share:3.0f}% of the step "
-                     f"beyond the roofline: {GAP_NOTES.get(r.family, '')}")
+        lines.append(f"C={r.classes:>8d} {r['head']:21s} train {r.train_ms:9.2f} ms, roofline "
+                     f"{r.train_roofline_ms:9.2f} ms ({100 * r.train_memory_share:3.0f}% of it memory traffic); "
+                     f"{100 * share:3.0f}% of the step beyond the roofline: {GAP_NOTES.get(r.family, '')}")
     return lines
 
 
@@ -306,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print(f"device {args.device}, {torch.get_num_threads()} threads, {cpu_settings()}, d={args.dim}, "
           f"batch={args.batch}, {args.repeats} interleaved rounds", flush=True)
+    args.on_kernels = "hierarchical" in names and args.device == "cpu" and kernels.compiled() is not None
+    if "hierarchical" in names:
+        print("hierarchical: " + ("the CPU kernels of heads/kernels.cpp (hierarchical[matmuls]: the batched "
+                                  "matmuls, side by side)" if args.on_kernels else "batched matmuls"), flush=True)
     rates = machine_rates(args.device)
     args.madds_per_byte = rates["madds_per_s"] / rates["bytes_per_s"]
     print(f"measured: {rates['madds_per_s'] / 1e9:.1f} G multiply-adds/s (fp32 matmul), "

@@ -32,19 +32,25 @@ is the cost. Here:
   other OpenMP threads for every op costs more than they save (sampled's whole training step,
   k = 64 at C = 1e5 on the 2-core dev machine: 2.6 ms with the process on one thread against
   5.4 ms on two; with these, 3.0 ms on two). From about 1e6 elements two threads win (k = 2048:
-  29 ms on one against 22 ms on two), hence `SMALL`.
+  29 ms on one against 22 ms on two), hence `SMALL`;
+- many runs of rows (a hierarchical head's groups) are updated in one parallel region, the runs
+  shared between the threads by size and each run's kernel on its thread (`_each_run`, the CPU
+  kernels' `over_runs`): one kernel per run woke the other threads once per run (226 runs of
+  2 MB at C = 1e6: 40 against 46 ms for the update).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 
+import numpy as np
 import torch
 from torch.optim.adam import adam
 from torch.optim.adamw import adamw
 from torch.optim.rmsprop import rmsprop
 from torch.optim.sgd import sgd
 
+from heads import kernels
 from heads.base import Head
 
 RULES = ("sgd", "adam", "adamw", "rmsprop")
@@ -79,10 +85,11 @@ def sparse_grad(index: torch.Tensor, values: torch.Tensor, shape, coalesced: boo
 
 
 SMALL = 2 ** 19  # elements (2 MB of fp32) up to which work runs on one thread (module docstring)
-# The lazy update of runs of rows (a hierarchical head's groups) runs one fused kernel per run, and
-# on two threads each kernel wakes the other thread: 55k rows in runs of 55 rows took 119 ms on two
-# threads against 30 on one; runs of 275 rows tie (31 ms); runs of 550 rows are faster on two (23
-# against 30). So runs of up to SMALL_RUN elements (256 rows of 512) are updated on one thread.
+# Without the CPU kernels' shared update (`_each_run`), the lazy update of runs of rows runs one
+# fused kernel per run, and on two threads each kernel wakes the other thread: 55k rows in runs of
+# 55 rows took 119 ms on two threads against 30 on one; runs of 275 rows tie (31 ms); runs of 550
+# rows are faster on two (23 against 30). So there runs of up to SMALL_RUN elements (256 rows of
+# 512) are updated on one thread.
 SMALL_RUN = 2 ** 17
 
 
@@ -138,8 +145,9 @@ class LazyRows(torch.optim.Optimizer):
     The arithmetic is PyTorch's own (the functional `torch.optim.sgd.sgd`, `adam`, `adamw`,
     `rmsprop`; fused kernels where PyTorch has them), so a row moves exactly as the stock
     optimizer would move it. Long runs of consecutive rows (a hierarchical head's groups) are
-    updated in place as views (on one thread when the runs are short: `SMALL_RUN`); scattered
-    rows (sampled) are gathered into copies, updated and scattered back. Adam(W) first catches up the steps a row missed (`_catch_up`).
+    updated in place as views, shared between the threads (`_each_run`); scattered rows
+    (sampled) are gathered into copies, updated and scattered back. Adam(W) first catches up the
+    steps a row missed (`_catch_up`).
     Hyperparameters mirror the stock optimizers: sgd(momentum, nesterov), adam/adamw(betas=
     (momentum, beta2), eps), rmsprop(alpha, eps, momentum); `weight_decay` is L2 added to the
     gradient, except for adamw (decoupled). Dense gradients are accepted too (every row touched).
@@ -188,10 +196,13 @@ class LazyRows(torch.optim.Optimizer):
         if _in_long_runs(index):  # a hierarchical head's groups: views, updated in place
             bounds, lengths, first = _runs(index, last)
             views = lambda t: list(torch.tensor_split(t, bounds)[1::2])  # noqa: E731
-            with one_thread(p.device, values.numel() // len(lengths), SMALL_RUN):  # a kernel per run
-                self._apply(group, views(p), list(torch.split(values, lengths)),
-                            {k: views(v) for k, v in tensors.items()},
-                            None if last is None else last.index_select(0, first), state.get("step"))
+            params, grads = views(p), list(torch.split(values, lengths))
+            states = {k: views(v) for k, v in tensors.items()}
+            lasts = None if last is None else last.index_select(0, first)
+            _each_run(lambda lo, hi: self._apply(group, params[lo:hi], grads[lo:hi],
+                                                 {k: v[lo:hi] for k, v in states.items()},
+                                                 None if lasts is None else lasts[lo:hi], state.get("step")),
+                      lengths, p.device, values.numel())
         else:  # scattered rows (sampled): gather copies, update them, scatter them back, on one thread
             with one_thread(p.device, values.numel()):
                 copies = {"param": p.index_select(0, index), **{k: v.index_select(0, index) for k, v in tensors.items()}}
@@ -227,6 +238,26 @@ class LazyRows(torch.optim.Optimizer):
                 params, grads, state["exp_avg"], state["exp_avg_sq"], [], [step - 1 for _ in params],  # (it adds 1)
                 foreach=not fused, fused=fused, amsgrad=False, beta1=group["momentum"], beta2=group["beta2"],
                 eps=group["eps"], weight_decay=wd, **hp)
+
+
+def _each_run(update, lengths: list[int], device: torch.device, numel: int) -> None:
+    """update(lo, hi): the lazy rule on runs [lo, hi) of rows (`lengths` rows each, `numel` values
+    in all). With the CPU kernels and more than `SMALL` values, the runs are shared between the
+    threads by size, each share's kernels on its thread, in one parallel region (`heads.kernels`
+    `over_runs`); otherwise one kernel per run, on one thread when the runs are short (`SMALL_RUN`)."""
+    threads, compiled = torch.get_num_threads(), kernels.compiled() if device.type == "cpu" else None
+    if compiled is None or threads == 1 or len(lengths) == 1 or numel <= SMALL:
+        with one_thread(device, numel // len(lengths), SMALL_RUN):
+            return update(0, len(lengths))
+    compiled.over_runs(update, _shares(lengths, threads))
+
+
+def _shares(lengths: list[int], parts: int) -> list[int]:
+    """Bounds [0, ..., len(lengths)] cutting the runs into at most `parts` contiguous shares of
+    about equal rows (no share empty)."""
+    ends = np.cumsum(lengths)
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, parts) / parts) + 1  # after the run crossing each cut
+    return sorted({0, len(lengths), *[int(c) for c in cuts if 0 < c < len(lengths)]})
 
 
 def _gap(last: torch.Tensor, step: int, beta1: float, beta2: float, shrink: float):

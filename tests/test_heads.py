@@ -285,17 +285,22 @@ def test_fastest_group_count_lies_between_the_multiply_add_and_the_memory_optimu
     assert cost(316)["train_bytes"] > 3 * cost(fast[0])["train_bytes"]
 
 
-def test_bench_writes_csv_plot_and_ratios(tmp_path):
-    from heads import bench
+def test_bench_writes_csv_plot_and_ratios(tmp_path, capsys):
+    from heads import bench, kernels
 
     import pandas as pd
 
     assert bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-time", "0.01", "--repeats", "2",
                        "--num-sampled", "5", "--with-dense", "--out", str(tmp_path)]) == 0
+    on_kernels = kernels.compiled() is not None
+    timed = "the CPU kernels of heads/kernels.cpp" if on_kernels else "batched matmuls"
+    assert f"\nhierarchical: {timed}" in capsys.readouterr().out  # which implementation the run timed
     assert (tmp_path / "heads_bench.csv").stat().st_size > 0 and (tmp_path / "heads_bench.png").stat().st_size > 0
     df = pd.read_csv(tmp_path / "heads_bench.csv")
-    assert sorted(df.family.unique()) == heads.list_heads() and len(df) == 2 * 9  # + k only, fast K, 2 dense
+    # + k only, fast K, 2 dense, and the batched matmuls beside the kernels
+    assert sorted(df.family.unique()) == heads.list_heads() and len(df) == 2 * (9 + on_kernels)
     assert {"sampled[k only]", "sampled[dense]", "hierarchical[dense]", "hierarchical[fast K]"} <= set(df["head"])
+    assert ("hierarchical[matmuls]" in set(df["head"])) == on_kernels
     plain = df[(df["head"] == "sampled[k only]") & (df.classes == 50)].iloc[0]
     assert plain.train_madds == 8 * (5 + 1)  # --num-sampled 5: the k-sample loss, d*(k+1)
     assert (df.train_ms_min <= df.train_ms).all() and (df.train_ms <= df.train_ms_max).all()

@@ -1,5 +1,6 @@
 """Row-sparse heads: the lazy optimizer's rule, sparse vs dense updates, grouped hierarchical softmax."""
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -188,6 +189,50 @@ def test_runs_of_rows_are_updated_on_one_thread_when_each_run_is_small(two_threa
     assert (weight[touched] == -0.5).all() and (weight[~touched] == 0).all()
 
 
+def test_runs_are_cut_into_shares_of_about_equal_rows():
+    from heads.sparse import _shares
+
+    assert _shares([10, 1, 1, 1, 1, 10], 2) == [0, 3, 6]  # 12 rows each
+    assert _shares([100, 1, 1], 2) == [0, 1, 3] and _shares([3, 3, 3, 3], 4) == [0, 1, 2, 3, 4]
+    assert _shares([5], 2) == [0, 1] and _shares([1, 100], 2) == [0, 2]  # never an empty share
+
+
+@pytest.mark.parametrize("rule, hp", [("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+                                      ("adam", {"momentum": 0.9, "weight_decay": 1e-2}),
+                                      ("adamw", {"momentum": 0.9, "weight_decay": 1e-2}),
+                                      ("rmsprop", {"momentum": 0.5, "weight_decay": 1e-2})])
+def test_many_runs_are_shared_between_the_threads_with_the_same_result(two_threads, monkeypatch, rule, hp):
+    """Over SMALL values in many runs, the lazy update runs in one parallel region (heads.kernels
+    over_runs), each thread on its share; every rule gives exactly what one kernel per run gives."""
+    from heads import kernels
+
+    if kernels.compiled() is None:
+        pytest.skip(f"the CPU kernels are off ({kernels.SWITCH}=0)")
+    runs = [torch.arange(start, start + 32) for start in range(0, 4096 - 32, 48)]  # 85 runs of 32 rows, 16 apart
+    steps = [torch.cat(runs), torch.cat(runs[::2]), torch.cat(runs[1::3])]  # a row missed, then touched: catch-up
+    assert 32 * len(runs) * 256 > SMALL
+    results, threads_seen = [], set()
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(kernels, "compiled", lambda: None)  # one kernel per run
+        torch.manual_seed(0)
+        weight = torch.nn.Parameter(torch.randn(4096, 256))
+        opt = LazyRows([weight], rule, lr=0.01, **hp)
+        for i, index in enumerate(steps):
+            weight.grad = sparse_grad(index, torch.randn(len(index), 256), weight.shape, coalesced=True)
+            with monkeypatch.context() as m:
+                apply = LazyRows._apply
+                m.setattr(LazyRows, "_apply", lambda self, *a: threads_seen.add((shared, threading.get_native_id()))
+                          or apply(self, *a))
+                opt.step()
+        results.append((weight.detach().clone(), {k: v.clone() for k, v in opt.state[weight].items()}))
+        assert torch.get_num_threads() == 2
+    assert len({t for s, t in threads_seen if s}) == 2 and len({t for s, t in threads_seen if not s}) == 1
+    assert torch.equal(results[0][0], results[1][0])
+    for k in results[1][1]:
+        assert torch.equal(results[0][1][k], results[1][1][k]), k
+
+
 def test_sparse_update_leaves_untouched_rows_as_they_were_under_momentum_and_decay():
     head = heads.create_head("sampled", 8, 1000, num_sampled=4)
     opt = make_optimizer(TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.1), head)
@@ -207,6 +252,24 @@ def test_sparse_update_leaves_untouched_rows_as_they_were_under_momentum_and_dec
     assert (head.fc.weight[touched] != before[touched]).all(1).all()
 
 
+@pytest.fixture(params=["kernels", "matmuls"])
+def grouped_path(request, monkeypatch):
+    """The hierarchical head's two implementations: the CPU kernels (heads/kernels.cpp, what fp32 on
+    the CPU takes) and PyTorch's batched matmuls (what CUDA and bf16 take, and CPU without a compiler)."""
+    from heads import hierarchical, kernels
+
+    if request.param == "matmuls":
+        monkeypatch.setattr(kernels, "compiled", lambda: None)
+    elif not kernels.enabled():
+        pytest.skip(f"{kernels.SWITCH}=0 turns the CPU kernels off")
+    else:
+        def refuse(*args):
+            raise AssertionError("fp32 on the CPU must take the kernels, not the batched matmuls")
+        monkeypatch.setattr(hierarchical._GroupedLogits, "apply", refuse)
+        monkeypatch.setattr(hierarchical, "_logits_every_group", refuse)
+    return request.param
+
+
 def _per_example_within_group(head, x, group):
     """The former implementation: a (B, M, d) gather of each example's group rows."""
     idx = head.members[group]
@@ -223,12 +286,13 @@ def _per_example_loss(head, x, y):
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_grouped_hierarchical_loss_and_gradients_equal_the_per_example_version(dense):
+@pytest.mark.parametrize("batch", [40, 1])
+def test_grouped_hierarchical_loss_and_gradients_equal_the_per_example_version(dense, batch, grouped_path):
     groups = [[0, 5, 7], [1, 2], [3, 4, 6, 8, 9, 10, 11], [12]]  # unequal, not contiguous
     torch.manual_seed(0)
     head = heads.create_head("hierarchical", 8, 13, hierarchy=groups, dense=dense)
-    x = torch.randn(40, 8, requires_grad=True)
-    y = torch.randint(0, 13, (40,))
+    x = torch.randn(batch, 8, requires_grad=True)
+    y = torch.randint(0, 13, (batch,))
     grads = []
     for loss_fn in (head.loss, lambda a, b: _per_example_loss(head, a, b)):
         head.zero_grad(set_to_none=True)
@@ -244,8 +308,9 @@ def test_grouped_hierarchical_loss_and_gradients_equal_the_per_example_version(d
 
 
 @pytest.mark.parametrize("batch,every_group", [(256, True), (3, False)])
-def test_grouped_greedy_predict_equals_the_per_example_greedy_predict(batch, every_group):
-    """Both of predict's paths: every group's block (most groups present) and the gathered blocks."""
+def test_grouped_greedy_predict_equals_the_per_example_greedy_predict(batch, every_group, grouped_path):
+    """The kernels, and both of the batched matmuls' paths: every group's block (most groups
+    present) and the gathered blocks."""
     from heads.hierarchical import EVERY_GROUP_SHARE
 
     head = heads.create_head("hierarchical", 16, 1000, hierarchy=np.random.default_rng(0).integers(0, 30, 1000))

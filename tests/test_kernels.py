@@ -1,0 +1,72 @@
+"""The heads' CPU kernels (heads/kernels.py, heads/kernels.cpp): built here, refusing what they cannot
+take, and a machine that cannot build them falls back with one warning. Their results against the
+batched matmuls and the per-example reference: tests/test_sparse.py (`grouped_path`)."""
+import pytest
+import torch
+
+import heads
+from heads import kernels
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """`kernels.compiled` as if this process had not called it yet."""
+    kernels.compiled.cache_clear()
+    yield
+    kernels.compiled.cache_clear()
+
+
+def test_the_kernels_build_here_and_refuse_what_they_cannot_take():
+    """`make install` builds them; a machine without a C++ compiler sets HEADSWEEP_CPU_KERNELS=0."""
+    if not kernels.enabled():
+        pytest.skip(f"{kernels.SWITCH}=0 turns the CPU kernels off")
+    k = kernels.compiled()
+    assert k is not None, "the CPU kernels did not build: see the warning, or set HEADSWEEP_CPU_KERNELS=0"
+    assert (kernels.build_directory() / f"{kernels.NAME}.so").exists()
+    present, begin, order = k.plan(torch.tensor([4, 1, 4, 0, 1, 4]), 6)  # examples sorted by group, stably
+    assert present.tolist() == [0, 1, 4] and begin.tolist() == [0, 1, 3, 6] and order.tolist() == [3, 1, 4, 0, 2, 5]
+    with pytest.raises(RuntimeError, match=r"group id 6 is not in \[0, 6\)"):
+        k.plan(torch.tensor([6]), 6)
+    index = [torch.zeros(1, dtype=torch.long)] * 5
+    with pytest.raises(RuntimeError, match="x: expected a contiguous 2-d CPU tensor of Float"):
+        k.logits(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(3, 4), torch.zeros(3), *index, 3)
+
+
+def test_a_failed_build_is_one_warning_and_the_head_still_trains(fresh, monkeypatch):
+    def no_compiler(where):
+        raise RuntimeError("Error building extension 'headsweep_grouped'\nc++: command not found")
+
+    monkeypatch.setattr(kernels, "_load", no_compiler)
+    with pytest.warns(RuntimeWarning, match=r"did not build \(c\+\+: command not found\); the hierarchical head "
+                                            "uses batched matmuls"):
+        assert kernels.compiled() is None
+    assert kernels.compiled() is None  # once per process: no second attempt, no second warning
+    head = heads.create_head("hierarchical", 8, 100)
+    loss = head.loss(torch.randn(16, 8), torch.randint(0, 100, (16,)))
+    loss.backward()
+    assert torch.isfinite(loss) and head.class_weight.grad.is_sparse
+
+
+def test_the_switch_turns_them_off_without_trying(fresh, monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    monkeypatch.setattr(kernels, "_load", lambda where: pytest.fail("no build with the kernels turned off"))
+    assert kernels.compiled() is None
+    assert kernels.main() == 0
+
+
+def test_cpu_kernels_false_takes_the_batched_matmuls_with_the_same_results(monkeypatch):
+    from heads import hierarchical
+
+    calls = []
+    real = hierarchical._GroupedLogits.apply
+    monkeypatch.setattr(hierarchical._GroupedLogits, "apply", lambda *a: calls.append(1) or real(*a))
+    x, y = torch.randn(32, 8), torch.randint(0, 100, (32,))
+    results = []
+    for cpu_kernels in (True, False):
+        torch.manual_seed(0)
+        head = heads.create_head("hierarchical", 8, 100, cpu_kernels=cpu_kernels)
+        loss = head.loss(x, y)
+        loss.backward()
+        results.append((loss.detach(), head.class_weight.grad.to_dense()))
+    assert len(calls) == (2 if kernels.compiled() is None else 1)  # the kernels' head never called it
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)

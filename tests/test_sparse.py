@@ -206,8 +206,8 @@ def test_many_runs_are_shared_between_the_threads_with_the_same_result(two_threa
     over_runs), each thread on its share; every rule gives exactly what one kernel per run gives."""
     from heads import kernels
 
-    if kernels.compiled() is None:
-        pytest.skip(f"the CPU kernels are off ({kernels.SWITCH}=0)")
+    if not kernels.enabled():
+        pytest.skip(f"{kernels.SWITCH}=0 turns the CPU kernels off")
     runs = [torch.arange(start, start + 32) for start in range(0, 4096 - 32, 48)]  # 85 runs of 32 rows, 16 apart
     steps = [torch.cat(runs), torch.cat(runs[::2]), torch.cat(runs[1::3])]  # a row missed, then touched: catch-up
     assert 32 * len(runs) * 256 > SMALL

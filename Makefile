@@ -12,8 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test]'
-	@# The hierarchical head's CPU kernels, built once per machine (~30 s). Without a C++ compiler it
-	@# says why and goes on: the head then uses batched matmuls (heads/kernels.py).
+	@# The heads' CPU kernels, built once per machine (~30 s). Without a C++ compiler it says why and
+	@# goes on: the hierarchical head then uses batched matmuls (heads/kernels.py).
 	-$(PY) -c 'import heads.kernels as k; raise SystemExit(k.main())'
 	touch $@
 

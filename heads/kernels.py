@@ -73,10 +73,10 @@ def _load(where: Path):
     log = logging.getLogger("torch.utils.cpp_extension")
     level = log.level
     log.setLevel(logging.ERROR)
-    if shutil.which("ninja") is None:  # the pip package's binary, outside PATH when the venv is not activated
-        import ninja
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     try:
+        if shutil.which("ninja") is None:  # the pip package's binary, outside PATH when the venv is not activated
+            import ninja
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         from torch.utils.cpp_extension import load
         where.mkdir(parents=True, exist_ok=True)
         return load(NAME, [str(SOURCE)], extra_cflags=FLAGS, build_directory=str(where), verbose=False)

@@ -9,7 +9,7 @@ from heads import kernels
 
 
 @pytest.fixture
-def fresh(monkeypatch):
+def fresh():
     """`kernels.compiled` as if this process had not called it yet."""
     kernels.compiled.cache_clear()
     yield
@@ -34,7 +34,7 @@ def test_the_kernels_build_here_and_refuse_what_they_cannot_take():
 
 def test_a_failed_build_is_one_warning_and_the_head_still_trains(fresh, monkeypatch):
     def no_compiler(where):
-        raise RuntimeError("Error building extension 'headsweep_grouped'\nc++: command not found")
+        raise RuntimeError("Error building extension 'headsweep_kernels'\nc++: command not found")
 
     monkeypatch.setattr(kernels, "_load", no_compiler)
     with pytest.warns(RuntimeWarning, match=r"did not build \(c\+\+: command not found\); the hierarchical head "

@@ -211,20 +211,18 @@ def test_many_runs_are_shared_between_the_threads_with_the_same_result(two_threa
     runs = [torch.arange(start, start + 32) for start in range(0, 4096 - 32, 48)]  # 85 runs of 32 rows, 16 apart
     steps = [torch.cat(runs), torch.cat(runs[::2]), torch.cat(runs[1::3])]  # a row missed, then touched: catch-up
     assert 32 * len(runs) * 256 > SMALL
-    results, threads_seen = [], set()
+    results, threads_seen, apply = [], set(), LazyRows._apply
     for shared in (True, False):
         if not shared:
             monkeypatch.setattr(kernels, "compiled", lambda: None)  # one kernel per run
+        monkeypatch.setattr(LazyRows, "_apply", lambda self, *a: threads_seen.add((shared, threading.get_native_id()))
+                            or apply(self, *a))
         torch.manual_seed(0)
         weight = torch.nn.Parameter(torch.randn(4096, 256))
         opt = LazyRows([weight], rule, lr=0.01, **hp)
-        for i, index in enumerate(steps):
+        for index in steps:
             weight.grad = sparse_grad(index, torch.randn(len(index), 256), weight.shape, coalesced=True)
-            with monkeypatch.context() as m:
-                apply = LazyRows._apply
-                m.setattr(LazyRows, "_apply", lambda self, *a: threads_seen.add((shared, threading.get_native_id()))
-                          or apply(self, *a))
-                opt.step()
+            opt.step()
         results.append((weight.detach().clone(), {k: v.clone() for k, v in opt.state[weight].items()}))
         assert torch.get_num_threads() == 2
     assert len({t for s, t in threads_seen if s}) == 2 and len({t for s, t in threads_seen if not s}) == 1

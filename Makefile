@@ -48,8 +48,8 @@ test-fast: install
 	HEADSWEEP_FAST_TIER=1 $(PY) -m pytest -q -m "not slow"
 
 train-smoke: install
-	$(PY) -m tuning.train --smoke
+	$(PY) -m training.train --smoke
 
 bench: install
-	$(PY) -m tuning.bench --data-dir $(DATA_DIR) --arch cnn_base
-	$(PY) -m heads.bench --classes 100,1000,10000,100000,1000000 --dim 512 --batch 256 --with-dense
+	$(PY) -m tools.train_bench --data-dir $(DATA_DIR) --arch cnn_base
+	$(PY) -m tools.heads_bench --classes 100,1000,10000,100000,1000000 --dim 512 --batch 256 --with-dense

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from common.status import ERROR
-from tuning import data
+from training import data
 
 BASELINE_HEAD = "softmax"
 

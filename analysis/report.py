@@ -26,7 +26,7 @@ import heads
 from analysis.compare import adaptive_caveat, at_chance, data_caveat, finished, paired_difference, versus_softmax
 from common.cli import ArgumentParser, guard
 from common.status import ERROR, FINISHED, PRUNED
-from tuning.experiment import Experiment
+from tuning.results import Results
 
 MIN_TRIALS_FOR_IMPORTANCE = 10  # completed trials of one study below which fANOVA's ranking is noise
 
@@ -155,7 +155,7 @@ def plot_confusion(matrix: np.ndarray, title: str, out: Path, name: str, labels:
     return path
 
 
-def importance_section(exp: Experiment) -> list[str]:
+def importance_section(exp: Results) -> list[str]:
     """fANOVA importances of every study with enough completed trials; the others are named."""
     import optuna
 
@@ -280,7 +280,7 @@ def provenance(spec: dict, final: pd.DataFrame | None) -> list[str]:
 
 # ----------------------------------------------------------------------------- the document
 def build_report(path: str | Path) -> Path:
-    exp = Experiment.open(path)  # raises NotAnExperimentError for a wrong path
+    exp = Results.open(path)  # raises NotAnExperimentError for a wrong path
     trials = exp.trials()
     spec, out = exp.spec, exp.analysis_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -361,7 +361,7 @@ def versus_softmax_section(final: pd.DataFrame, trials: pd.DataFrame) -> list[st
             _table(vs[cols]), ""]
 
 
-def class_names(exp: Experiment) -> tuple[list[str] | None, list[str] | None]:
+def class_names(exp: Results) -> tuple[list[str] | None, list[str] | None]:
     """(class names, group names) from spec.json; for an experiment that did not record them, from
     its dataset where that is on this machine."""
     info = exp.spec.get("dataset", {})

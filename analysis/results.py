@@ -1,4 +1,4 @@
-"""An experiment folder as DataFrames, through the `Experiment` object (tuning/experiment.py),
+"""An experiment folder as DataFrames, through the read-only `Results` view (tuning/results.py),
 which reads Ray Tune's own files (no Ray cluster needed; works on finished, running and
 resumed experiments, and on copied, moved or renamed ones).
 
@@ -17,22 +17,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuning.experiment import Experiment, NotAnExperimentError, best  # noqa: F401  (re-exported)
+from tuning.folder import NotAnExperimentError  # noqa: F401  (re-exported)
+from tuning.results import Results, best  # noqa: F401  (re-exported)
 
 
 def load(path: str | Path) -> pd.DataFrame:
     """One row per trial."""
-    return Experiment.open(path).trials()
+    return Results.open(path).trials()
 
 
 def history(path: str | Path) -> pd.DataFrame:
     """One row per trial-epoch: trial_id, arch, head and the metrics reported that epoch."""
-    return Experiment.open(path).history()
+    return Results.open(path).history()
 
 
 def experiment_spec(path: str | Path) -> dict:
     """spec.json of the experiment ({} for one made outside tuning.search)."""
-    return Experiment.open(path).spec
+    return Results.open(path).spec
 
 
 def to_parquet(df: pd.DataFrame, path: Path) -> None:

@@ -23,16 +23,16 @@ from analysis.metrics import classification_metrics
 from analysis.results import to_parquet
 from common.cli import ArgumentParser, check_cpus, check_gpus, guard
 from common.status import ERROR, FINISHED
-from tuning import data, engine
-from tuning.config import TrainConfig
-from tuning.experiment import Experiment
-from tuning.loader import DeviceLoader
+from training import data, engine
+from training.config import TrainConfig
+from tuning.results import Results
+from training.loader import DeviceLoader
 
 # Keys a config inherits from the search that make no sense for a retrain on train+val.
 _DROP = ("val_fraction", "train_limit")
 
 
-def select(exp: Experiment, top_k: int) -> pd.DataFrame:
+def select(exp: Results, top_k: int) -> pd.DataFrame:
     """Top-k trials per (arch, head) by the search's validation metric: the test set plays no part."""
     trials = exp.trials()
     if trials.empty or not trials["status"].isin(FINISHED).any():
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')}={value} must be >= 1")
-    exp = Experiment.open(args.experiment)
+    exp = Results.open(args.experiment)
     settings = exp.settings
     cpus = args.cpus_per_task or settings.get("cpus_per_trial", 1.0)
     if not args.address:  # more than this machine has would wait forever

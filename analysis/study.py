@@ -2,7 +2,7 @@
 
 One command per scale runs, for each part of the study (CIFAR-100 backbones x every head; a
 Fashion-MNIST check), the search (fixed seed, per-pair budgets) -> `analysis.retrain` (3 seeds,
-each model evaluated once on the test set) -> `analysis.report`, then `heads.bench` for the heads'
+each model evaluated once on the test set) -> `analysis.report`, then `tools.heads_bench` for the heads'
 measured cost at large C, and writes `results/study-<scale>/`: `report.md` with its figures,
 `trials.parquet`, `history.parquet`, `final.parquet`, `spec.json` (the scale, each part's experiment spec and the
 wall time of every stage) and `command.txt`.
@@ -49,7 +49,7 @@ class Scale:
     name: str
     description: str
     parts: tuple[Part, ...]
-    bench: tuple[str, ...]  # heads.bench arguments: the heads' cost at large C
+    bench: tuple[str, ...]  # tools.heads_bench arguments: the heads' cost at large C
     fake_data: bool = False  # generated data: no --data-dir needed
     cpus_per_task: float = 1.0
     targets: dict = field(default_factory=dict)  # (part, arch) -> the softmax test accuracy it should reach
@@ -57,7 +57,7 @@ class Scale:
 
 def _cnn_search(*extra: str) -> tuple[str, ...]:
     # 10,000 training images and 5 epochs per trial: the budget that fits 2 cores; ASHA may stop a
-    # trial at 2 or 4 epochs; two trials at once, one core each (packing measured 1.19x, tuning.bench).
+    # trial at 2 or 4 epochs; two trials at once, one core each (packing measured 1.19x, tools.train_bench).
     return ("--space", "cnn_heads", "--set", "epochs=5", "--set", "train_limit=10000", "--set", "grace_period=2",
             "--set", "reduction_factor=2", "--max-concurrent", "2", "--cpus-per-trial", "1", *extra)
 
@@ -140,7 +140,7 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int) -> dict
         stages.run(f"{part.name}/retrain", module("analysis.retrain", str(exp), "--seeds", str(part.seeds),
                                                  "--cpus-per-task", f"{scale.cpus_per_task:g}", *data))
         stages.run(f"{part.name}/report", module("analysis.report", str(exp)))
-    stages.run("heads_bench", module("heads.bench", *scale.bench, "--out", str(work / "heads_bench")))
+    stages.run("heads_bench", module("tools.heads_bench", *scale.bench, "--out", str(work / "heads_bench")))
     return stages.done
 
 

@@ -20,7 +20,7 @@ from analysis.compare import data_caveat, finished, versus_softmax
 from analysis.report import plot_confusion
 from analysis.results import to_parquet
 from common.status import ERROR, FINISHED, PRUNED
-from tuning.experiment import Experiment
+from tuning.results import Results
 
 METRICS = {"accuracy": "accuracy", "top5_accuracy": "top-5", "precision_macro": "precision", "recall_macro": "recall",
            "f1_macro": "F1", "cohen_kappa": "kappa", "ece": "ECE"}
@@ -57,7 +57,7 @@ def load_parts(scale, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     """(trials, history, final, specs) of every part, with a `part` column."""
     trials, history, finals, specs = [], [], [], {}
     for part in scale.parts:
-        exp = Experiment.open(work / part.name)
+        exp = Results.open(work / part.name)
         specs[part.name] = exp.spec
         trials.append(exp.trials().assign(part=part.name))
         history.append(exp.history().assign(part=part.name))
@@ -127,7 +127,7 @@ def complexity_table(final: pd.DataFrame) -> pd.DataFrame:
 
 
 def bench_table(bench: pd.DataFrame | None) -> pd.DataFrame:
-    """heads.bench: the measured speed-up over softmax of the whole training step and of predict at each C,
+    """tools.heads_bench: the measured speed-up over softmax of the whole training step and of predict at each C,
     beside the speed-up multiply-adds predict."""
     if bench is None:
         return pd.DataFrame()
@@ -146,7 +146,7 @@ REASONS = {
     "adaptive": "with equal class counts (CIFAR-100) frequency ranks nothing, so each tail cluster is a run of "
                 "superclasses (ties=hierarchy, the default) or an arbitrary set of classes (ties=id, and every run "
                 "before that default), scored by one linear logit in the head, and its classes go "
-                "through a low-rank projection (d/div wide); with fixed random features (heads.learnability, C = "
+                "through a low-rank projection (d/div wide); with fixed random features (tools.learnability, C = "
                 "1000) it reached 0.27 against softmax's 0.79 even with full-rank tails",
     "sampled": "its training loss sees the batch's targets and k sampled classes, not all C; at C = 100 it saves "
                "nothing and its gradient is a noisier estimate of softmax's",
@@ -263,10 +263,10 @@ def report_lines(scale, trials, final, specs, bench, done, command, out: Path, w
            "## Time complexity of the heads", "",
            "Multiply-adds per example from each trained head's `cost()` at this study's C and feature size d, "
            "against softmax's d*C, then the measured speed-up over softmax of the whole training step (forward, "
-           "backward, optimizer update) and of predict from `heads.bench` at larger C, side by side in one run "
+           "backward, optimizer update) and of predict from `tools.heads_bench` at larger C, side by side in one run "
            "(its own d and batch; medians over interleaved rounds), beside what multiply-adds predict.", "",
            _table(complexity_table(final)), "", _table(bench_table(bench)), "",
-           "![heads.bench](figures/heads_bench.png)", ""]
+           "![tools.heads_bench](figures/heads_bench.png)", ""]
     md += [f"- **{h}**: {heads.head_class(h).cost_note}" for h in sorted(set(ok["head"])) if h in heads.HEADS]
     md += ["", "## What ASHA saved", "", _table(asha_table(trials, specs)), "",
            "## Reported elsewhere vs here", "",

@@ -8,7 +8,7 @@
   text; and the bytes each moves per batch (`*_bytes`, fp32): weights read, gradients
   written, activations, and for training the optimizer update with `states` state tensors
   per weight (1: SGD momentum; 2: Adam). Multiply-adds alone miss where a large output layer
-  spends its time (memory traffic), so `heads.bench` predicts from both.
+  spends its time (memory traffic), so `tools.heads_bench` predicts from both.
 - `sparse_parameters()`: the parameters whose gradients hold only the rows a step touched;
   the engine gives them the lazy row-wise optimizer of `heads.sparse`;
 - `cost_note`: one line for the report on what the head costs and why;

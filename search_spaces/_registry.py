@@ -5,7 +5,7 @@ from typing import Any, Callable, Sequence
 
 import heads
 from common.registry import Registry
-from tuning.config import TrainConfig
+from training.config import TrainConfig
 
 SPACES = Registry("space")
 register_space = SPACES.register

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tuning import fake_data
+from training import fake_data
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -76,7 +76,7 @@ def real_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_cifar100(real_dir):
-    from tuning import data
+    from training import data
 
     return data.load_dataset("cifar100", real_dir, download=False)
 

@@ -145,7 +145,7 @@ def test_observations_flag_combinations_at_chance():
 
 
 def test_test_set_is_evaluated_once_per_retrained_model(fake_dir, tmp_path, monkeypatch):
-    from tuning import data, engine
+    from training import data, engine
 
     calls, real = [], engine.evaluate
     monkeypatch.setattr(engine, "evaluate", lambda trained, loader, **kw: calls.append(loader.num_images)

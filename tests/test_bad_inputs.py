@@ -1,7 +1,7 @@
 """The bad-input corpus: every case, across the command lines and the dataset readers, must end
 with exit code 2 and one `error: ...` line on stderr that names the bad value, no traceback,
 before anything expensive starts. Corrupt files are made here, from the tiny official-format
-sets of `tuning.fake_data`."""
+sets of `training.fake_data`."""
 from __future__ import annotations
 
 import gzip
@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 
 from analysis import report, retrain
-from heads import bench
-from tuning import bench as train_bench
-from tuning import fake_data, many_classes, search, train
+from tools import heads_bench as bench
+from tools import train_bench
+from training import fake_data, many_classes, train
+from tuning import search
 
 from test_trust import Crafted  # a pickle that writes a marker file when loaded
 
 CLIS = {"train": train.main, "search": search.main, "retrain": retrain.main, "report": report.main,
-        "heads.bench": bench.main, "tuning.bench": train_bench.main, "many_classes": many_classes.main}
+        "tools.heads_bench": bench.main, "tools.train_bench": train_bench.main, "many_classes": many_classes.main}
 SMOKE = ["--space", "smoke", "--no-dashboard"]
 
 
@@ -245,14 +246,14 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
     ("retrain", lambda t: [str(t / "nothing")], "is not a headsweep experiment"),
     ("report", lambda t: [str(t)], "is not a headsweep experiment"),
     ("report", lambda t: ["s3://bucket/exp"], "analysis reads an experiment folder on this machine"),
-    ("heads.bench", lambda t: ["--classes", "1"], "--classes [1] must all be >= 2"),
-    ("heads.bench", lambda t: ["--classes", "ten"], "--classes='ten': expected comma-separated integers"),
-    ("heads.bench", lambda t: ["--heads", "nope"], "unknown head 'nope'"),
-    ("heads.bench", lambda t: ["--device", "tpu"], "--device='tpu': expected cpu or cuda"),
-    ("tuning.bench", lambda t: ["--steps", "0"], "--steps=0 must be >= 1"),
-    ("tuning.bench", lambda t: ["--variants", "recipe,fast"], "--variants: 'fast' is not one of recipe, device_loader"),
-    ("tuning.bench", lambda t: ["--arch", "resnet1000"], "resnet1000"),
-    ("tuning.bench", lambda t: ["--peak-tflops", "-1"], "--peak-tflops=-1.0 must be > 0"),
+    ("tools.heads_bench", lambda t: ["--classes", "1"], "--classes [1] must all be >= 2"),
+    ("tools.heads_bench", lambda t: ["--classes", "ten"], "--classes='ten': expected comma-separated integers"),
+    ("tools.heads_bench", lambda t: ["--heads", "nope"], "unknown head 'nope'"),
+    ("tools.heads_bench", lambda t: ["--device", "tpu"], "--device='tpu': expected cpu or cuda"),
+    ("tools.train_bench", lambda t: ["--steps", "0"], "--steps=0 must be >= 1"),
+    ("tools.train_bench", lambda t: ["--variants", "recipe,fast"], "--variants: 'fast' is not one of recipe, device_loader"),
+    ("tools.train_bench", lambda t: ["--arch", "resnet1000"], "resnet1000"),
+    ("tools.train_bench", lambda t: ["--peak-tflops", "-1"], "--peak-tflops=-1.0 must be > 0"),
     ("many_classes", lambda t: ["--data-dir", str(t), "--out", str(t / "o"), "--rotations", "5"], "rotations"),
 ]
 

@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
-from tuning import train
-from tuning.config import parse_assignment
+import models
+from training import train
+from training.config import parse_assignment
 
 
 def test_smoke_run_prints_epochs_and_summary(capsys, tmp_path):
@@ -31,7 +32,7 @@ def test_an_assignment_reads_booleans_as_the_command_line_writes_them(text, valu
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--arch", "nope"], "unknown model 'nope'; valid models: cnn, cnn_base"),
+    (["--arch", "nope"], f"unknown model 'nope'; valid models: {', '.join(models.list_models())}\n"),
     (["--head", "nope"], "unknown head 'nope'; valid heads: adaptive"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets: cifar10, cifar100"),
     (["--val-fraction", "1.0"], "'val_fraction'=1.0 is out of range: must be in (0, 1)"),
@@ -50,5 +51,5 @@ def test_missing_data_offline(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_help_shows_units():
-    out = subprocess.run([sys.executable, "-m", "tuning.train", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "training.train", "--help"], capture_output=True, text=True).stdout
     assert "images per optimizer step" in out and "--head-opt KEY=VALUE" in out

@@ -4,7 +4,7 @@ import urllib.error
 import numpy as np
 import pytest
 
-from tuning import data
+from training import data
 
 
 @pytest.mark.parametrize("name,shape,classes", [("cifar100", (3, 32, 32), 100), ("cifar10", (3, 32, 32), 10),

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from tuning import data, engine
-from tuning.config import TrainConfig
+from training import data, engine
+from training.config import TrainConfig
 
 
 def _split(fake_dir, **kw):

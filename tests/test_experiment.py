@@ -14,7 +14,8 @@ import analysis
 import heads
 from analysis import report, retrain
 from common.status import trial_status
-from tuning.experiment import Experiment, NotAnExperimentError
+from tuning.experiment import Experiment
+from tuning.folder import NotAnExperimentError
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import heads
 from heads.hierarchical import HierarchicalHead
-from tuning.config import TrainConfig
-from tuning.optim import make_optimizer
+from training.config import TrainConfig
+from training.optim import make_optimizer
 
 
 def _make(name, d, c, **hp):
@@ -286,7 +286,8 @@ def test_fastest_group_count_lies_between_the_multiply_add_and_the_memory_optimu
 
 
 def test_bench_writes_csv_plot_and_ratios(tmp_path, capsys):
-    from heads import bench, kernels
+    from tools import heads_bench as bench
+    from heads import kernels
 
     import pandas as pd
 
@@ -312,7 +313,7 @@ def test_bench_writes_csv_plot_and_ratios(tmp_path, capsys):
 
 
 def test_bench_reruns_itself_with_the_cpu_settings_it_lacks(monkeypatch):
-    from heads import bench
+    from tools import heads_bench as bench
 
     calls = []
     monkeypatch.setattr(bench.os, "execv", lambda exe, argv: calls.append(argv))
@@ -323,7 +324,7 @@ def test_bench_reruns_itself_with_the_cpu_settings_it_lacks(monkeypatch):
     bench.passive_openmp(None, "cuda")
     assert calls == []
     bench.passive_openmp(None, "cpu")
-    assert len(calls) == 1 and calls[0][1:3] == ["-m", "heads.bench"]
+    assert len(calls) == 1 and calls[0][1:3] == ["-m", "tools.heads_bench"]
     assert bench.cpu_settings() == ("OMP_WAIT_POLICY=PASSIVE, MALLOC_MMAP_MAX_=65536, "
                                     "MALLOC_TRIM_THRESHOLD_=1099511627776")
     bench.passive_openmp(None, "cpu")  # everything set now: no second re-run

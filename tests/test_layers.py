@@ -17,19 +17,26 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "models", "heads", "tuning", "search_spaces", "analysis")
-# Bottom to top. A module belongs to the first layer with a matching prefix (longest first).
+# Bottom to top: each top-level folder is one layer, and a module's layer is its folder's. Folders of
+# one rank are siblings (neither may import the other). A new folder must be placed here.
 LAYERS = (
-    ("shared mechanics", 0, ("common",)),
-    ("models", 1, ("models",)),
-    ("heads", 1, ("heads",)),
-    ("core", 2, ("tuning",)),
-    ("spaces", 3, ("search_spaces",)),
-    ("ray side", 4, ("tuning.trainable", "tuning.optuna_pruned", "tuning.callbacks", "tuning.console", "tuning.experiment",
-                      "tuning.search", "tuning.bench")),
-    ("analysis", 5, ("analysis",)),
+    ("common", 0),  # shared mechanics: registry, option checks, statuses, the CLI guard
+    ("models", 1),  # backbones
+    ("heads", 1),  # output heads and their speed layer (heads/speed/)
+    ("training", 2),  # the Ray-free core: data, loader, config, optimizers, engine, one-run CLI
+    ("search_spaces", 3),  # the named search spaces
+    ("tuning", 4),  # the Ray Tune side: search, trials, experiment folder, console
+    ("analysis", 5),  # DataFrames, retrain, reports, the study
+    ("tools", 6),  # benchmarks
 )
+PACKAGES = tuple(name for name, _ in LAYERS)
+# Nothing these layers reach, at the top of a file or inside a function, may import these:
+# the core must train without Ray and Optuna installed.
+RAY_FREE = ("common", "models", "heads", "training")
+RAY_SIDE = {"ray", "optuna", "optuna_dashboard"}
 HEAVY = {"torch", "torchvision", "timm", "ray", "optuna", "matplotlib", "pandas", "sklearn", "pyarrow", "scipy"}
 
 
@@ -42,12 +49,11 @@ class Edge:
 
 
 def layer_of(module: str) -> tuple[str, int]:
-    matches = [(len(p), name, rank) for name, rank, prefixes in LAYERS for p in prefixes
-               if module == p or module.startswith(p + ".")]
-    if not matches:
-        raise KeyError(f"module {module} is in no layer: add it to LAYERS")
-    _, name, rank = max(matches)
-    return name, rank
+    folder = module.split(".")[0]
+    ranks = dict(LAYERS)
+    if folder not in ranks:
+        raise KeyError(f"module {module} is in no layer: add its folder {folder!r} to LAYERS")
+    return folder, ranks[folder]
 
 
 def project_modules(root: Path = ROOT) -> dict[str, Path]:
@@ -149,6 +155,7 @@ def violations(modules: dict, edges: list[Edge]) -> list[str]:
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as exc:
         found.append(f"import cycle: {' -> '.join(exc.args[1])}")
+    found += ray_reached_from_the_core(modules, edges)
     heavy = heavy_at_top(modules, edges)
     for e in internal:
         if e.deferred and not heavy[e.dst] - heavy[e.src] - {e.dst}:
@@ -157,9 +164,27 @@ def violations(modules: dict, edges: list[Edge]) -> list[str]:
     return found
 
 
+def ray_reached_from_the_core(modules: dict, edges: list[Edge]) -> list[str]:
+    """Modules of the Ray-free layers that reach ray or optuna through any chain of imports."""
+    graph: dict[str, set[str]] = {}
+    for e in edges:
+        graph.setdefault(e.src, set()).add(e.dst)
+    found = []
+    for start in sorted(m for m in modules if m.split(".")[0] in RAY_FREE):
+        seen, todo = {start}, [start]
+        while todo:
+            for d in graph.get(todo.pop(), ()):
+                if d not in seen and (d in modules or d.split(".")[0] in RAY_SIDE):
+                    seen.add(d)
+                    todo.append(d)
+        if reached := sorted(d for d in seen if d.split(".")[0] in RAY_SIDE):
+            found.append(f"the Ray-free {start} reaches {', '.join(reached)}")
+    return found
+
+
 def describe(modules: dict, edges: list[Edge]) -> str:
     lines = []
-    for name, rank, _ in sorted(LAYERS, key=lambda x: x[1]):
+    for name, rank in sorted(LAYERS, key=lambda x: x[1]):
         lines.append(f"[{rank}] {name}")
         for m in sorted(x for x in modules if layer_of(x)[0] == name):
             deps = sorted({e.dst + ("*" if e.deferred else "") for e in edges if e.src == m and e.dst in modules})
@@ -194,10 +219,10 @@ def _graph(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
 
 def test_a_planted_upward_import_is_caught(tmp_path):
     modules = _graph(tmp_path, {"common/__init__.py": "", "heads/__init__.py": "import common\n",
-                                "tuning/__init__.py": "", "tuning/engine.py": "import heads\n",
-                                "heads/bad.py": "from tuning.engine import x\n"})
+                                "training/__init__.py": "", "training/engine.py": "import heads\n",
+                                "heads/bad.py": "from training.engine import x\n"})
     found = violations(modules, module_edges(modules))
-    assert "upward import: heads.bad (heads) imports tuning.engine (core), line 1" in found
+    assert "upward import: heads.bad (heads) imports training.engine (training), line 1" in found
 
 
 def test_a_sibling_import_and_a_cycle_are_caught(tmp_path):
@@ -207,6 +232,21 @@ def test_a_sibling_import_and_a_cycle_are_caught(tmp_path):
     found = violations(modules, module_edges(modules))
     assert any(f.startswith("upward import: models.a (models) imports heads (heads)") for f in found)
     assert any(f.startswith("import cycle: common") and "common.b" in f for f in found)
+
+
+def test_the_core_may_not_reach_ray_even_through_a_deferred_import(tmp_path):
+    modules = _graph(tmp_path, {"common/__init__.py": "", "common/tune.py": "import ray.tune\n",
+                                "training/__init__.py": "", "training/engine.py": "def f():\n    import optuna\n",
+                                "training/train.py": "def g():\n    from common import tune\n",
+                                "tuning/__init__.py": "import ray\n"})
+    found = ray_reached_from_the_core(modules, module_edges(modules))
+    assert found == ["the Ray-free common.tune reaches ray", "the Ray-free training.engine reaches optuna",
+                     "the Ray-free training.train reaches ray"]
+
+
+def test_a_module_outside_the_layer_folders_is_named(tmp_path):
+    with pytest.raises(KeyError, match="module scripts.x is in no layer: add its folder 'scripts' to LAYERS"):
+        layer_of("scripts.x")
 
 
 def test_a_function_level_import_must_defer_something_heavy(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuning.loader import DeviceLoader, random_crop_flip
+from training.loader import DeviceLoader, random_crop_flip
 
 
 def test_crop_flip_takes_a_window_of_the_padded_image():

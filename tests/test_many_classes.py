@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuning import fake_data, many_classes
-from tuning.data import load_dataset
+from training import fake_data, many_classes
+from training.data import load_dataset
 
 
 @pytest.fixture(scope="module")

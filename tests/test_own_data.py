@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tuning import data, engine, imagefolder, train
-from tuning.config import TrainConfig
-from tuning.fake_data import write_imagefolder
-from tuning.loader import random_crop_flip
+from training import data, engine, imagefolder, train
+from training.config import TrainConfig
+from training.fake_data import write_imagefolder
+from training.loader import random_crop_flip
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import search_spaces
 from search_spaces._registry import DataInfo
 from search_spaces.spaces import RECIPES, baseline, family
 from tuning import search
-from tuning.config import TrainConfig
+from training.config import TrainConfig
 from tuning.pairs import PairedSearch, PerPairASHA
 
 

@@ -208,7 +208,7 @@ def test_a_failing_trial_does_not_stop_the_others(tmp_path, capsys, monkeypatch)
 @pytest.mark.parametrize("name", search_spaces.list_spaces())
 def test_sampled_configs_satisfy_the_constraints(name):
     from search_spaces._registry import DataInfo
-    from tuning.config import TrainConfig
+    from training.config import TrainConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = search_spaces.get_space(name)
@@ -381,7 +381,9 @@ def test_summary_leaves_out_diverged_trials(capsys):
                                  "status": ["diverged", "completed", "completed"], "epochs_run": [2, 2, 2],
                                  "arch": ["cnn"] * 3, "head": ["softmax", "softmax", "gumbel"]})
 
-    assert search.summarize(Exp("x", Path("x"))) == 0
+    from tuning import console
+
+    assert console.summarize(Exp("x", Path("x"))) == 0
     out = capsys.readouterr().out
     best = out.split("best trial per (backbone, head), by validation val_acc:\n")[1].splitlines()
     assert best == ["  cnn/softmax              0.3000  2 ep  b", "  cnn/gumbel               0.1000  2 ep  c"]

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 import heads
 from heads.sparse import RULES, SMALL, Chained, LazyRows, on_one_thread, rows, sparse_grad
-from tuning.config import TrainConfig
-from tuning.optim import OPTIMIZERS, make_optimizer
+from training.config import TrainConfig
+from training.optim import OPTIMIZERS, make_optimizer
 
 STOCK = {"sgd": lambda p, **h: torch.optim.SGD(p, lr=h["lr"], momentum=h["momentum"], nesterov=h["nesterov"],
                                                weight_decay=h["weight_decay"]),
@@ -357,7 +357,7 @@ def test_chained_optimizer_state_round_trips_and_the_scheduler_reaches_every_chi
 def test_learnability_cli_trains_every_named_head_and_writes_the_table(tmp_path):
     import pandas as pd
 
-    from heads import learnability
+    from tools import learnability
 
     assert learnability.main(["--classes", "20", "--dim", "8", "--per-class", "30", "--epochs", "10", "--batch", "32",
                               "--lr", "0.05", "--heads", "softmax,sampled", "--num-sampled", "5", "--with-dense",

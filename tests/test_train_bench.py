@@ -1,12 +1,13 @@
-"""tuning.bench: whole training steps per variant, FLOPs and MFU, at tiny size on CPU; CUDA where there is one."""
+"""tools.train_bench: whole training steps per variant, FLOPs and MFU, at tiny size on CPU; CUDA where there is one."""
 import os
 
 import pandas as pd
 import pytest
 import torch
 
-from tuning import bench, data, engine, fake_data
-from tuning.config import TrainConfig
+from tools import train_bench as bench
+from training import data, engine, fake_data
+from training.config import TrainConfig
 
 
 def _split(tmp_path):
@@ -14,17 +15,25 @@ def _split(tmp_path):
     return data.split_train_val(data.load_dataset("cifar100", tmp_path, download=False), 0.1, 0)
 
 
-def test_the_benchmark_runs_every_cpu_variant_and_writes_its_table(tmp_path, capsys):
+@pytest.mark.parametrize("fast", [True, False], ids=["bf16 cpu", "no bf16 cpu"])
+def test_the_benchmark_runs_every_cpu_variant_and_writes_its_table(tmp_path, capsys, monkeypatch, fast):
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: fast)
     argv = ["--fake-data", "--batch-size", "16", "--steps", "2", "--repeats", "2", "--warmup", "1", "--workers", "0",
             "--variants", "recipe,device_loader,bf16,channels_last", "--out", str(tmp_path)]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "bf16: skipped, bf16 autocast is CUDA only" in out and "MFU against the measured fp32 matmul rate" in out
+    assert "MFU against the measured matmul rate, fp32 " in out and " / bf16 " in out
     df = pd.read_csv(tmp_path / "train_bench.csv")
-    assert list(df["variant"]) == ["recipe", "device_loader", "channels_last"]
+    if fast:
+        assert list(df["variant"]) == ["recipe", "device_loader", "bf16", "channels_last"]
+        assert list(df["precision"]) == ["fp32", "fp32", "bf16", "bf16"]
+    else:
+        assert "bf16: skipped, this CPU has no AMX / AVX512-BF16" in out
+        assert list(df["variant"]) == ["recipe", "device_loader", "channels_last"]
+        assert list(df["precision"]) == ["fp32", "fp32", "fp32"]
     assert (df["images_per_s"] > 0).all() and df.loc[0, "vs_recipe"] == pytest.approx(1.0)
     shares = df[[f"{p}_share" for p in bench.PHASES]].sum(axis=1)
-    assert shares.to_numpy() == pytest.approx([1.0, 1.0, 1.0])
+    assert shares.to_numpy() == pytest.approx([1.0] * len(df))
     assert ((df["mfu"] > 0) & (df["mfu"] < 1)).all()
     assert df["gflops_per_image"].nunique() == 1 and df.loc[0, "gflops_per_image"] > 0
 
@@ -51,7 +60,7 @@ def test_gpu_peaks_are_read_from_the_device_name():
 def test_cuda_paths_train_and_benchmark(tmp_path):
     """bf16 autocast, channels_last, torch.compile and the device-resident loader on a GPU."""
     split = _split(tmp_path)
-    cfg = TrainConfig.from_dict(dict(arch="cnn_base", batch_size=32, epochs=2, device="cuda", amp=True,
+    cfg = TrainConfig.from_dict(dict(arch="cnn_base", batch_size=32, epochs=2, device="cuda", amp="bf16",
                                      channels_last=True, compile=True))
     result = engine.fit(cfg, split)
     assert result.status == "completed" and len(result.history) == 2

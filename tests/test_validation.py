@@ -13,7 +13,7 @@ import models
 from common.options import has_type
 from common.registry import Registry
 from heads.base import Head
-from tuning.config import TrainConfig
+from training.config import TrainConfig
 
 ENTRIES = [("model", n) for n in models.list_models()] + [("head", n) for n in heads.list_heads()]
 REGISTRY = {"model": models.MODELS, "head": heads.HEADS}
@@ -159,7 +159,7 @@ def _one_line(err: str) -> str:
     (["--model-opt", "in_chans=1"], "'in_chans' is not an option of model 'cnn_base' (keys model_*): it comes from"),
 ])
 def test_train_cli_refuses_bad_options_in_one_line(capsys, tmp_path, argv, message):
-    from tuning import train
+    from training import train
 
     assert train.main(argv + ["--data-dir", str(tmp_path), "--no-download"]) == 2
     assert message in _one_line(capsys.readouterr().err)
@@ -187,7 +187,7 @@ def test_search_cli_refuses_wrong_types_before_ray_starts(capsys, tmp_path, argv
     (["--threads", "0"], "--threads=0 must be >= 1"),
 ])
 def test_bench_cli_refuses_bad_input_in_one_line(capsys, tmp_path, argv, message):
-    from heads import bench
+    from tools import heads_bench as bench
 
     assert bench.main(argv + ["--out", str(tmp_path)]) == 2
     assert message in _one_line(capsys.readouterr().err)

@@ -1,1 +1,2 @@
-"""headsweep's training side: data, device loader, engine, and the Ray Tune search."""
+"""headsweep's Ray Tune side: the search command (`python -m tuning.search`), its trials, the experiment
+folder, the per-pair Optuna bookkeeping and the console."""

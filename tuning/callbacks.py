@@ -27,7 +27,7 @@ import pyarrow.fs
 from ray.tune import Callback
 
 from tuning import manifest
-from tuning.experiment import newest_state, state_entries
+from tuning.results import newest_state, state_entries
 
 CHECK_EVERY_S = 5.0  # how often the saved experiment state is looked at while trials wait
 

@@ -16,13 +16,20 @@ verbose (every epoch's result too, status twice as often).
 from __future__ import annotations
 
 import math
+import os
+import shlex
 import sys
+import textwrap
 import time
+from pathlib import Path
 
+import numpy as np
 from ray.tune import Callback
 
-from common.cli import clip, short
-from common.status import COMPLETED, CONFIG_ERROR, DIVERGED, ERROR, trial_status
+from common.cli import NOTHING_USABLE, WIDTH, clip, short
+from common.status import COMPLETED, CONFIG_ERROR, DIVERGED, ERROR, FINISHED, RUNNING, trial_status
+from tuning.folder import ExperimentFolder
+from tuning.results import Results, config_columns
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 STATUS_EVERY_S = 30.0
@@ -144,3 +151,63 @@ def _error_text(trial) -> str | None:
     except OSError:
         pass
     return trial.get_error()
+
+
+# ----------------------------------------------------------------------------- the search's frame
+def resume_command(exp: ExperimentFolder) -> str:
+    return shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "tuning.search", "--name", exp.name,
+                       "--storage", exp.storage, "--resume"])
+
+
+def print_views(exp: ExperimentFolder, dashboard_url: str | None, local: bool) -> None:
+    """The three live views, once, each a command or URL that works as printed."""
+    token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    lines = [f"experiment      {exp.uri}"]
+    if dashboard_url:
+        notes = (["token: `ray get-auth-token`"] if token else []) + (["closes when the search ends"] if local else [])
+        lines.append(f"Ray dashboard   http://{dashboard_url}" + (f"  ({'; '.join(notes)})" if notes else ""))
+    lines.append(f"Optuna          optuna-dashboard {shlex.quote(str(exp.journal))}")
+    lines.append(f"TensorBoard     tensorboard --logdir {shlex.quote(exp.uri)}")
+    print("\n".join(lines), flush=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def summarize(exp: Results, stopped: bool = False) -> int:
+    """The end-of-run summary, within 120 columns: trial counts by status and the best trial per
+    (backbone, head) with its searched values, diverged and failed trials left out (their scores
+    mislead); exit 1 when none finished. analysis.load(...) has every column."""
+    trials = exp.trials()
+    failed = trials[trials["status"] == ERROR] if len(trials) else trials
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    print(f"\n{len(trials)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in (*FINISHED, DIVERGED, ERROR))
+          + (f", {counts[RUNNING]} not finished" if counts.get(RUNNING) else ""))
+    if len(trials):
+        per_pair = trials.groupby(["arch", "head"]).size()
+        print(textwrap.fill(f"trials per (backbone, head) ({exp.spec.get('budget', 'joint')} budget): "
+                            + ", ".join(f"{a}/{h}={n}" for (a, h), n in per_pair.items()), WIDTH,
+                            subsequent_indent="  "))
+    if "path" in trials and not exp.is_uri:
+        sizes = [folder_bytes(Path(p)) for p in trials["path"]]
+        print(f"disk: {np.mean(sizes) / 2**10:.0f} KB per trial, {sum(sizes) / 2**20:.1f} MB in all (checkpoints of "
+              "ended trials removed)")
+    metric = exp.settings.get("metric", "val_acc")
+    best = exp.best(trials) if len(trials) and trials["status"].isin(FINISHED).any() else trials[:0]
+    print(f"best trial per (backbone, head), by validation {metric}:" + ("" if len(best) else " (none)"))
+    searched = [c for c in config_columns(trials) if c not in ("arch", "head")
+                and trials[c].astype(str).nunique() > 1] if len(best) else []
+    for _, row in best.iterrows():
+        values = " ".join(f"{c}={short(row[c])}" for c in searched if _present(row[c]))
+        print(clip(f"  {row['arch'] + '/' + row['head']:<24} {row[f'best_{metric}']:.4f}  {int(row['epochs_run'])} ep  "
+                    f"{row['trial_id']}  {values}".rstrip()))
+    if len(trials) and not stopped and not trials["status"].isin(FINISHED).any():
+        print("no trial finished (every one failed or diverged); first error:",
+              failed["error"].dropna().head(1).tolist() or "-", file=sys.stderr)
+        return NOTHING_USABLE
+    return 0
+
+
+def _present(value) -> bool:
+    return not (isinstance(value, float) and np.isnan(value)) and value is not None

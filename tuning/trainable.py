@@ -18,10 +18,10 @@ import torch
 from ray import tune
 
 from common.status import CONFIG_ERROR
-from tuning import engine
-from tuning.config import ConfigError, TrainConfig
-from tuning.data import Split
-from tuning.experiment import METRICS
+from training import engine
+from training.config import ConfigError, TrainConfig
+from training.data import Split
+from tuning.results import METRICS
 
 STATE_FILE = "state.pt"
 

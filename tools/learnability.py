@@ -1,6 +1,6 @@
 """Can every head learn many classes? A synthetic but learnable check, same budget for all.
 
-    python -m heads.learnability --classes 1000,10000 --dim 64 --per-class 20 --epochs 8
+    python -m tools.learnability --classes 1000,10000 --dim 64 --per-class 20 --epochs 8
 
 C class centres in d dimensions (unit Gaussian), examples = centre + noise (--noise); the
 nearest-centre rule is the ceiling. Every head (sparse and, with --with-dense, dense=True)

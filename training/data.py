@@ -2,7 +2,7 @@
 where the dataset has one, a two-level class hierarchy (or one given by a mapping file).
 
 Readers take the official on-disk formats (CIFAR python pickles, Fashion-MNIST idx
-files, an ImageFolder tree: tuning/imagefolder.py). Missing official files are downloaded (md5 checked)
+files, an ImageFolder tree: training/imagefolder.py). Missing official files are downloaded (md5 checked)
 when the network is reachable; offline the error says which files to put where.
 Pickles are read with a restricted unpickler: a crafted file cannot run code.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from common.registry import Registry
-from tuning.config import TrainConfig
-from tuning.imagefolder import read as read_image_folder
-from tuning.fake_data import write_all
+from training.config import TrainConfig
+from training.imagefolder import read as read_image_folder
+from training.fake_data import write_all
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -361,7 +361,7 @@ def fashion_mnist(data_dir: Path, download: bool = True) -> Dataset:
 
 @register_dataset
 def imagefolder(path: Path, image_size: int = 32) -> Dataset:
-    """`PATH/train/<class>/*` and `PATH/test/<class>/*` (or `<group>/<class>/*`): tuning/imagefolder.py."""
+    """`PATH/train/<class>/*` and `PATH/test/<class>/*` (or `<group>/<class>/*`): training/imagefolder.py."""
     try:
         d = read_image_folder(path, image_size)
     except FileNotFoundError as exc:

@@ -1,7 +1,7 @@
 """Tiny datasets written in exactly the official on-disk formats, for tests and smoke runs.
 
 Each class gets its own colour and stripe pattern plus noise, so a small model can
-learn it in an epoch or two. `python -m tuning.fake_data --out DIR` writes all of them.
+learn it in an epoch or two. `python -m training.fake_data --out DIR` writes all of them.
 """
 from __future__ import annotations
 

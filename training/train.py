@@ -1,7 +1,7 @@
-"""`python -m tuning.train`: one training run without Ray, one line per epoch, a JSON summary.
+"""`python -m training.train`: one training run without Ray, one line per epoch, a JSON summary.
 
-    python -m tuning.train --dataset cifar100 --data-dir ../shared/data --arch resnet18 --head softmax --epochs 30
-    python -m tuning.train --smoke      # tiny generated data, 1 epoch, any machine
+    python -m training.train --dataset cifar100 --data-dir ../shared/data --arch resnet18 --head softmax --epochs 30
+    python -m training.train --smoke      # tiny generated data, 1 epoch, any machine
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import typing
 from pathlib import Path
 
 from common.cli import ArgumentParser, guard
-from tuning import data
-from tuning.config import TrainConfig, field_help, parse_assignment
+from training import data
+from training.config import TrainConfig, field_help, parse_assignment
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -31,7 +31,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m tuning.train", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m training.train", description=__doc__, formatter_class=HelpFormatter)
     helps, hints = field_help(), typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("model_kwargs", "head_kwargs"):
@@ -75,7 +75,7 @@ def _print_epoch(metrics: dict, _state) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from tuning import engine  # deferred: torch and timm take seconds, and --help needs neither
+    from training import engine  # deferred: torch and timm take seconds, and --help needs neither
 
     cfg = config_from_args(args)
     engine.resolve_device(cfg.device)  # a device this machine lacks fails before the data loads
@@ -95,9 +95,10 @@ def run(args: argparse.Namespace) -> dict:
                "test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"],
                "epoch_time_s_mean": sum(times) / len(times), "images_per_s": result.last.get("images_per_s"),
                "classes": ds.classes, "wall_s": time.perf_counter() - started, "device": str(trained.device),
-               "params": sum(p.numel() for p in trained.model.parameters())}
+               "params": sum(p.numel() for p in trained.model.parameters()), "history": result.history}
     # One line for the console: the class names (1600 of them for some datasets) go to --summary-json only.
-    print(json.dumps({**{k: v for k, v in summary.items() if k != "classes"}, "num_classes": ds.num_classes},
+    print(json.dumps({**{k: v for k, v in summary.items() if k not in ("classes", "history")},
+                      "num_classes": ds.num_classes},
                      default=str))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))

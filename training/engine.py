@@ -21,10 +21,10 @@ from torch import nn
 import heads
 import models
 from common.status import COMPLETED, DIVERGED
-from tuning.config import ConfigError, TrainConfig
-from tuning.data import Split
-from tuning.loader import DeviceLoader, channel_stats
-from tuning.optim import make_optimizer
+from training.config import ConfigError, TrainConfig
+from training.data import Split
+from training.loader import DeviceLoader, channel_stats
+from training.optim import make_optimizer
 
 
 class Classifier(nn.Module):
@@ -47,6 +47,8 @@ class Trained:
     forward: Callable  # the (maybe compiled) backbone call: training and evaluation use the same
     device: torch.device
     stats: tuple  # per-channel (mean, std) of the training images, 0-255 scale
+    precision: str = "fp32"  # "bf16" (autocast) or "fp32": cfg.amp resolved on this device
+    flip: bool = True  # the training flipped images (so a flipped test image is in distribution)
 
     def loader(self, images: np.ndarray, labels: np.ndarray) -> DeviceLoader:
         """In-order batches normalised with the training statistics (validation, test)."""
@@ -85,9 +87,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    """bf16 on CUDA when amp is on; fp32 on CPU, where bf16 matmuls are slow and not bit-stable."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls and convolutions in hardware (AMX tiles or AVX512-BF16):
+    there oneDNN's bf16 path is 1.5-2.7x faster than fp32 (README, tools.train_bench); elsewhere it is emulated."""
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def precision(amp: str, device: torch.device) -> str:
+    """What `amp` resolves to on `device`: "bf16" or "fp32"."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(precision_: str, device: torch.device):
+    """bf16 autocast for the backbone's convolutions and matmuls; heads compute their losses in fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision_ == "bf16")
 
 
 def build_model(cfg: TrainConfig, dataset) -> Classifier:
@@ -137,19 +155,23 @@ def build_run(cfg: TrainConfig, split: Split) -> _Run:
     train = DeviceLoader(split.x_train, split.y_train, cfg.batch_size, device, train=True, mean=stats[0],
                          std=stats[1], seed=cfg.seed, channels_last=cfg.channels_last,
                          **augmentation(cfg, split.dataset))
+    if hasattr(model.backbone, "data_init"):  # e.g. airnet's whitening filters, from the training images
+        model.backbone.data_init(train.normalised(5000))
     optimizer = make_optimizer(cfg, model)
     steps = len(train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps))
     forward = torch.compile(model.backbone) if cfg.compile else model.backbone
-    return _Run(Trained(cfg, model, forward, device, stats), train, optimizer, scheduler)
+    trained = Trained(cfg, model, forward, device, stats, precision(cfg.amp, device),
+                      train.augment and train.flip)
+    return _Run(trained, train, optimizer, scheduler)
 
 
 def train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, mark: Callable[[str], None] | None = None):
     """One optimizer step on a batch; returns the loss (on the device, no host sync). `mark(phase)`
-    is called after the forward, the backward and the optimizer (tuning.bench times them)."""
+    is called after the forward, the backward and the optimizer (tools.train_bench times them)."""
     t, mark = run.trained, mark or (lambda phase: None)
-    with autocast(t.cfg, t.device):
-        loss = t.model.head.loss(t.forward(x), y)
+    with autocast(t.precision, t.device):
+        loss = t.model.head.loss(t.forward(x), y).float()
     mark("forward")
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -172,6 +194,16 @@ def train_epoch(run: _Run) -> float:
     return total.item() / len(run.train_loader)
 
 
+def _log_prob(trained: Trained, x: torch.Tensor) -> torch.Tensor:
+    with autocast(trained.precision, x.device):
+        return trained.model.head.log_prob(trained.forward(x)).float()
+
+
+def tta_flip(cfg: TrainConfig, trained: Trained) -> bool:
+    """Flip test-time augmentation: on when asked and the training itself flipped the images."""
+    return cfg.tta_flip and trained.flip
+
+
 @torch.no_grad()
 def evaluate(trained: Trained, loader: DeviceLoader, return_log_probs: bool = False) -> dict:
     """Mean NLL, top-1 and top-5 accuracy of the full distribution (log_prob) over `loader`."""
@@ -181,8 +213,9 @@ def evaluate(trained: Trained, loader: DeviceLoader, return_log_probs: bool = Fa
     top1, top5 = torch.zeros_like(nll), torch.zeros_like(nll)
     outputs = []
     for x, y in loader:
-        with autocast(cfg, loader.device):
-            log_p = model.head.log_prob(trained.forward(x)).float()
+        log_p = _log_prob(trained, x)
+        if tta_flip(cfg, trained):  # the mean of the two distributions, still normalised
+            log_p = torch.logaddexp(log_p, _log_prob(trained, x.flip(3))) - math.log(2)
         nll += -log_p.gather(1, y[:, None]).sum()
         best = log_p.topk(min(5, log_p.shape[1]), dim=1).indices
         top1 += (best[:, 0] == y).sum()
@@ -242,7 +275,7 @@ def _epoch(run: _Run, val: DeviceLoader | None) -> dict:
     metrics = {"epoch": run.epoch, "train_loss": train_loss, "val_loss": v["loss"], "val_acc": v["acc"],
                "val_top5": v["top5"], "epoch_time_s": seconds,
                "images_per_s": len(run.train_loader) * run.train_loader.batch_size / seconds,
-               "lr": run.optimizer.param_groups[0]["lr"]}
+               "lr": run.optimizer.param_groups[0]["lr"], "precision": run.trained.precision}
     if not math.isfinite(train_loss) or (val is not None and not math.isfinite(v["loss"])):
         metrics.update(diverged=True, reason=f"non-finite loss at epoch {run.epoch} (train {train_loss}, "
                                              f"val {v['loss']})")

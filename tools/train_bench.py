@@ -1,12 +1,13 @@
 """Training speed of one backbone + head: images/s of whole training steps, side by side in one run.
 
-    python -m tuning.bench --data-dir ../shared/data --arch resnet18 --batch-size 128   # --device cuda
+    python -m tools.train_bench --data-dir ../shared/data --arch resnet18 --batch-size 128   # --device cuda
 
 Variants, each adding to the one before (one that does not apply here is skipped, with the reason):
   recipe         the usual Ray Tune CIFAR recipe: torchvision DataLoader with workers and PIL
                  transforms (crop, flip, ToTensor, Normalize), fp32, NCHW
   device_loader  headsweep's device-resident loader (augmentation on the device), fp32, NCHW
-  bf16           + bf16 autocast (CUDA only: the engine trains fp32 on CPU)
+  bf16           + bf16 autocast (CUDA, and CPUs with AMX / AVX512-BF16; elsewhere skipped and the
+                 variants after it stay fp32)
   channels_last  + NHWC memory layout
   compile        + torch.compile of the backbone
 Every variant runs the engine's own training step (`engine.train_step`: the head's loss, the
@@ -17,7 +18,7 @@ step spent in data, forward, backward and optimizer (a separate pass that syncs 
 phases), and the model FLOP utilisation: FLOPs per image of a training step (forward +
 backward, counted by `torch.utils.flop_counter`) x images/s / peak. The peak is the device's
 bf16 dense peak on CUDA (a table of common GPUs; --peak-tflops overrides) and, on CPU, this
-machine's measured fp32 matmul rate. On CPU the command re-runs itself with passive OpenMP
+machine's measured matmul rate in the variant's precision (fp32, or bf16 for the bf16 variants). On CPU the command re-runs itself with passive OpenMP
 waiting. Writes train_bench.csv into --out.
 
 `--trials N` packs instead: one trial alone, then N identical trials at once through Ray, each
@@ -41,10 +42,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.cli import ArgumentParser, guard
-from heads.bench import cpu_settings, machine_rates, passive_openmp
-from tuning import data, engine
-from tuning.config import TrainConfig
-from tuning.loader import channel_stats
+from tools.heads_bench import cpu_settings, machine_rates, passive_openmp
+from training import data, engine
+from training.config import TrainConfig
+from training.loader import channel_stats
 
 VARIANTS = ("recipe", "device_loader", "bf16", "channels_last", "compile")
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -58,19 +59,25 @@ GPU_PEAKS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 9
 class Variant:
     name: str
     torchvision: bool
-    amp: bool
+    precision: str  # "fp32" or "bf16" (autocast)
     channels_last: bool
     compile: bool
 
 
-def variant(name: str) -> Variant:
+def variant(name: str, bf16: bool = True) -> Variant:
+    """The variant `name`; `bf16`: whether this device has a fast bf16 path (else every variant is fp32)."""
     upto = VARIANTS.index(name)
-    return Variant(name, torchvision=name == "recipe", amp=upto >= 2, channels_last=upto >= 3, compile=upto >= 4)
+    return Variant(name, torchvision=name == "recipe", precision="bf16" if bf16 and upto >= 2 else "fp32",
+                   channels_last=upto >= 3, compile=upto >= 4)
+
+
+def fast_bf16(device: torch.device) -> bool:
+    return engine.precision("auto", device) == "bf16"
 
 
 def skip_reason(v: Variant, device: torch.device) -> str | None:
-    if v.name == "bf16" and device.type != "cuda":
-        return "bf16 autocast is CUDA only (the engine trains fp32 on CPU)"
+    if v.name == "bf16" and not fast_bf16(device):
+        return "this CPU has no AMX / AVX512-BF16, so bf16 would be emulated (the engine's amp=auto trains fp32 here)"
     return None
 
 
@@ -78,18 +85,31 @@ def gpu_peak_tflops(name: str) -> float | None:
     return next((peak for key, peak in GPU_PEAKS if key in name), None)
 
 
-def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[float, str]:
-    """FLOP/s to measure MFU against, and what it is."""
+def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[dict[str, float], str]:
+    """FLOP/s to measure MFU against, per precision ("fp32", "bf16"), and what they are."""
     if override_tflops:
-        return override_tflops * 1e12, f"--peak-tflops {override_tflops:g}"
+        return dict.fromkeys(("fp32", "bf16"), override_tflops * 1e12), f"--peak-tflops {override_tflops:g}"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak_tflops(name)
         if peak is None:
             raise ValueError(f"no bf16 peak known for GPU {name!r}: pass --peak-tflops (its dense bf16 TFLOP/s)")
-        return peak * 1e12, f"{name} bf16 dense peak {peak:g} TFLOP/s"
-    rate = 2 * machine_rates("cpu")["madds_per_s"]
-    return rate, f"measured fp32 matmul rate {rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)"
+        return dict.fromkeys(("fp32", "bf16"), peak * 1e12), f"{name} bf16 dense peak {peak:g} TFLOP/s"
+    rates = {"fp32": 2 * machine_rates("cpu")["madds_per_s"], "bf16": 2 * bf16_matmul_rate()}
+    return rates, (f"measured matmul rate, fp32 {rates['fp32'] / 1e9:.1f} / bf16 {rates['bf16'] / 1e9:.1f} GFLOP/s "
+                   f"({torch.get_num_threads()} threads)")
+
+
+def bf16_matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """Multiply-adds/s of a large bf16 matmul on the CPU (oneDNN: AMX tiles where the CPU has them)."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ a  # the first call picks and packs the kernel
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return n ** 3 / best
 
 
 def train_flops_per_image(run, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -135,7 +155,7 @@ class Contender:
     def __init__(self, v: Variant, args, split: data.Split):
         self.v, self.batch_size = v, args.batch_size
         cfg = TrainConfig.from_dict(dict(arch=args.arch, head=args.head, batch_size=args.batch_size,
-                                         device=args.device, amp=v.amp, channels_last=v.channels_last,
+                                         device=args.device, amp=v.precision, channels_last=v.channels_last,
                                          compile=v.compile, epochs=1000, seed=0))
         self.run = engine.build_run(cfg, split)
         self.run.trained.model.train()
@@ -217,7 +237,7 @@ def _packed_trial(split: data.Split, options: dict, threads: int, barrier, trial
 
     torch.set_num_threads(threads)
     args = argparse.Namespace(**options)
-    c = Contender(variant("channels_last"), args, split)
+    c = Contender(variant("channels_last", fast_bf16(engine.resolve_device(args.device))), args, split)
     c.images_per_s(max(1, args.warmup))
     ray.get(barrier.arrive.remote())
     while ray.get(barrier.count.remote()) < trials:
@@ -282,7 +302,7 @@ def check_args(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m tuning.bench", description=__doc__,
+    p = ArgumentParser(prog="python -m tools.train_bench", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--data-dir", default="data")
@@ -311,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     device = engine.resolve_device(args.device)
-    passive_openmp(argv, device.type, "tuning.bench")
+    passive_openmp(argv, device.type, "tools.train_bench")
     ds = data.load_for({"dataset": args.dataset, "image_size": args.image_size}, args.data_dir,
                        fake=args.fake_data, download=False)
     split = data.split_train_val(ds, TrainConfig().val_fraction, 0)
@@ -327,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(pack_summary(df))
         return 0
     chosen = []
-    for v in map(variant, args.variants.split(",")):
+    for v in (variant(name, fast_bf16(device)) for name in args.variants.split(",")):
         reason = skip_reason(v, device)
         if reason:
             print(f"{v.name}: skipped, {reason}")
@@ -340,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [Contender(v, args, split) for v in chosen]
     flops = train_flops_per_image(contenders[0].run, *contenders[0].next_batch())
     df = pd.DataFrame(measure(contenders, args))
-    df["mfu"] = df["images_per_s"] * flops / peak
+    df.insert(1, "precision", [next(c.v.precision for c in contenders if c.v.name == n) for n in df["variant"]])
+    df["mfu"] = df["images_per_s"] * flops / df["precision"].map(peak)
     if "recipe" in set(df["variant"]):
         df["vs_recipe"] = df["images_per_s"] / float(df.loc[df["variant"] == "recipe", "images_per_s"].iloc[0])
     df.insert(1, "gflops_per_image", flops / 1e9)

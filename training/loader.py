@@ -91,6 +91,10 @@ class DeviceLoader:
     def num_images(self) -> int:
         return len(self.labels)
 
+    def normalised(self, n: int) -> torch.Tensor:
+        """The first `n` images, normalised and not augmented (a data-dependent init reads them)."""
+        return (self.images[:n].float() / 255 - self.mean) / self.std
+
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.train and self.augment:
             x = random_crop_flip(x, self.pad, self.generator, self.flip, self.pad_mode)

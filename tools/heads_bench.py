@@ -1,6 +1,6 @@
 """Cost of every head against the number of classes: the whole training step, side by side in one run.
 
-    python -m heads.bench --classes 1000,10000,100000,1000000 [--device cuda] [--threads N]
+    python -m tools.heads_bench --classes 1000,10000,100000,1000000 [--device cuda] [--threads N]
 
 For each C, the heads take turns (A B C A B C ...; `--repeats` rounds): each turn builds the
 head with its optimizer (SGD, momentum 0.9, Nesterov, weight decay 5e-4: the engine's default,
@@ -253,7 +253,7 @@ CPU_ENV = {
 }
 
 
-def passive_openmp(argv: list[str] | None, device: str, module: str = "heads.bench") -> None:
+def passive_openmp(argv: list[str] | None, device: str, module: str = "tools.heads_bench") -> None:
     """Re-run the command line with `CPU_ENV` on CPU (a setting the user gave is kept, except that
     OpenMP waits passively). Only from the command line (argv None): a caller's process is not replaced."""
     if argv is not None or device != "cpu":

@@ -22,6 +22,7 @@ from common.options import has_type, type_name
 
 SCHEDULES = ("cosine", "step", "constant")
 PAD_MODES = ("auto", "constant", "reflect", "replicate")
+AMP = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class TrainConfig:
     head: str = "softmax"  # a name from heads.list_heads()
     epochs: int = 30  # full passes over the training split
     batch_size: int = 256  # images per optimizer step
-    optimizer: str = "sgd"  # sgd / adam / adamw / rmsprop (the table in tuning/optim.py)
+    optimizer: str = "sgd"  # sgd / adam / adamw / rmsprop (the table in training/optim.py)
     lr: float = 0.05  # peak learning rate, reached after warmup
     momentum: float = 0.9  # sgd momentum / rmsprop momentum / adam beta1
     nesterov: bool = True  # sgd only
@@ -51,7 +52,8 @@ class TrainConfig:
     train_limit: int | None = None  # keep this many training images (stratified); None = all
     seed: int = 0  # model init, split, batch order, augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with AMX / avx512_bf16, else fp32) | bf16 | fp32
+    tta_flip: bool = True  # evaluation also on the mirrored images, log-probabilities averaged
     compile: bool = False  # torch.compile the backbone
     channels_last: bool = True  # NHWC memory layout (faster convs on GPU)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
@@ -88,7 +90,7 @@ class TrainConfig:
         # Deferred: the registries import torch and timm (seconds), and --help needs neither.
         import heads
         import models
-        from tuning.optim import OPTIMIZERS
+        from training.optim import OPTIMIZERS
 
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
@@ -99,6 +101,7 @@ class TrainConfig:
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS.list()}")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
         _check(self.pad_mode in PAD_MODES, "pad_mode", self.pad_mode, f"one of {PAD_MODES}")
+        _check(self.amp in AMP, "amp", self.amp, f"one of {AMP}")
         for key, low in (("epochs", 1), ("batch_size", 1), ("step_epochs", 1), ("crop_pad", 0), ("image_size", 4)):
             _check(int(getattr(self, key)) >= low, key, getattr(self, key), f">= {low}")
         _check(self.lr > 0, "lr", self.lr, "> 0")

@@ -1,6 +1,6 @@
 """A real many-class image set from CIFAR-100, written as an ImageFolder: `--dataset imagefolder:PATH`.
 
-    python -m tuning.many_classes --data-dir ../shared/data --out data/cifar1600
+    python -m training.many_classes --data-dir ../shared/data --out data/cifar1600
 
 A class is a CIFAR-100 fine class seen through one of `rotations` quarter turns and one of
 `channel_orders` orders of its RGB channels: 100 x 4 x 4 = 1,600 classes by default, with
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import ArgumentParser, guard
-from tuning.data import load_dataset
-from tuning.imagefolder import DECLARATION
+from training.data import load_dataset
+from training.imagefolder import DECLARATION
 
 CHANNEL_ORDERS = list(itertools.permutations(range(3)))  # identity first
 

@@ -1,0 +1,103 @@
+"""What a search is asked, Ray-free: its provenance (spec.json: argv, space, settings, versions, git
+sha, host, data), its plan (one Optuna study per pair, each starting from the family recipe), the
+previewed configs of --dry-run, and the trackers --callback names.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from search_spaces._registry import DataInfo, Pair, Space, sample_config
+from search_spaces.spaces import baseline
+from training import data
+from training.config import TrainConfig
+from tuning.folder import ExperimentFolder
+
+
+# --callback NAME -> (package it needs, Ray's logger callback class)
+TRACKERS = {"wandb": ("wandb", "ray.air.integrations.wandb.WandbLoggerCallback"),
+            "mlflow": ("mlflow", "ray.air.integrations.mlflow.MLflowLoggerCallback")}
+
+
+def mlflow_uri(exp: ExperimentFolder) -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite store in the experiment folder (MLflow 3 refuses a bare
+    ./mlruns folder store unless MLFLOW_ALLOW_FILE_STORE=true)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{exp.local / 'mlflow.db'}"
+
+
+def study_labels(space: Space, budget: str) -> dict[str, Pair | None]:
+    """Label -> the pair its study searches (None: the joint study over all pairs)."""
+    return {f"{a}/{h}": (a, h) for a, h in space.pairs()} if budget == "pairs" else {"joint": None}
+
+
+def first_trials(space: Space, info: DataInfo, pair: Pair | None) -> list[dict]:
+    """The enqueued first trial(s) of a study: the pair's recipe; for the joint study, every pair's."""
+    if pair is not None:
+        return [baseline(space, info, pair)]
+    several = {"arch": len(space.archs) > 1, "head": len(space.pairs()) > len(space.archs)}
+    return [{**{k: v for k, v in zip(("arch", "head"), p) if several[k]}, **baseline(space, info, p)}
+            for p in space.pairs()]
+
+
+def preview_configs(space: Space, info: DataInfo, pair: Pair | None, n: int, seed: int) -> list[dict]:
+    """The first n configs a study proposes (its baseline first), each validated as a trial would be."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    for params in first_trials(space, info, pair):
+        study.enqueue_trial(params)
+    configs = [sample_config(space, info, pair, study.ask()) for _ in range(n)]
+    for config in configs:
+        TrainConfig.from_dict(config)
+    return configs
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def dataset_spec(ds: data.Dataset, data_dir: str | None) -> dict:
+    """What the report needs to know of the data: its shape, its class names, whether its split is official."""
+    return {"name": ds.name, "num_classes": ds.num_classes, "in_chans": ds.in_chans, "img_size": ds.img_size,
+            "hierarchy": ds.class_to_group is not None, "classes": ds.classes, "groups": ds.group_names,
+            "official_split": data.official_split(ds.name, data_dir) if data_dir else None,
+            "class_counts_tie": bool(len(set(np.bincount(ds.y_train, minlength=ds.num_classes).tolist())) == 1)}
+
+
+def make_spec(args: argparse.Namespace, space: Space, ds: data.Dataset) -> dict:
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "ray", "optuna", "headsweep"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {"space": space.name, "description": space.description, "overrides": args.overrides,
+            "constants": space.constants, "settings": space.resolved_settings(), "max_epochs": space.max_epochs,
+            "budget": args.budget, "pairs": [list(p) for p in space.pairs()], "seed": args.seed,
+            "dataset": dataset_spec(ds, None if space.resolved_settings()["fake_data"] else args.data_dir),
+            "data_dir": str(args.data_dir), "argv": args.argv, "versions": {"python": platform.python_version(),
+                                                                               **versions},
+            "git_sha": _git_sha(), "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def load_dataset(space: Space, data_dir: str) -> data.Dataset:
+    return data.load_for(space.constants, data_dir, space.resolved_settings()["fake_data"])
+
+
+def split_of(space: Space, ds: data.Dataset) -> data.Split:
+    c, defaults = space.constants, TrainConfig()
+    return data.split_train_val(ds, c.get("val_fraction", defaults.val_fraction), c.get("seed", defaults.seed),
+                                c.get("train_limit"))

@@ -13,8 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test]'
 	@# The heads' CPU kernels, built once per machine (~30 s). Without a C++ compiler it says why and
-	@# goes on: the hierarchical head then uses batched matmuls (heads/kernels.py).
-	-$(PY) -c 'import heads.kernels as k; raise SystemExit(k.main())'
+	@# goes on: the hierarchical head then uses batched matmuls (heads/speed/kernels.py).
+	-$(PY) -c 'import heads.speed.kernels as k; raise SystemExit(k.main())'
 	touch $@
 
 .PHONY: install demo test test-fast train-smoke bench study study-gpu

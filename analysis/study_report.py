@@ -142,21 +142,6 @@ def bench_table(bench: pd.DataFrame | None) -> pd.DataFrame:
 
 
 # Why a head can trail softmax at C = 100: what the measurements of issue #10 found.
-REASONS = {
-    "adaptive": "with equal class counts (CIFAR-100) frequency ranks nothing, so each tail cluster is a run of "
-                "superclasses (ties=hierarchy, the default) or an arbitrary set of classes (ties=id, and every run "
-                "before that default), scored by one linear logit in the head, and its classes go "
-                "through a low-rank projection (d/div wide); with fixed random features (tools.learnability, C = "
-                "1000) it reached 0.27 against softmax's 0.79 even with full-rank tails",
-    "sampled": "its training loss sees the batch's targets and k sampled classes, not all C; at C = 100 it saves "
-               "nothing and its gradient is a noisier estimate of softmax's",
-    "hierarchical": "an error at the superclass step cannot be undone at the class step, and the superclasses "
-                    "(CIFAR-100's coarse labels) group by meaning, not by what the backbone sees",
-    "gumbel": "its training loss adds Gumbel noise to the logits (temperature tau), a regulariser whose strength "
-              "the search had few trials to tune",
-}
-
-
 def asha_table(trials: pd.DataFrame, specs: dict) -> pd.DataFrame:
     rows = []
     for part, t in trials.groupby("part", sort=False):
@@ -201,7 +186,7 @@ def trailing(versus: dict[str, pd.DataFrame]) -> list[str]:
         worse = vs[vs["verdict"] == "worse than softmax"] if len(vs) else vs
         for _, r in worse.iterrows():
             lines.append(f"- {part}, {r.arch} + {r['head']}: {r['diff']:+.2%} test accuracy against softmax "
-                         f"(95% CI [{r.ci_low:+.2%}, {r.ci_high:+.2%}]): {REASONS.get(r['head'], 'no known reason')}.")
+                         f"(95% CI [{r.ci_low:+.2%}, {r.ci_high:+.2%}]): {heads.head_class(r['head']).trails_because or 'no known reason'}.")
     return lines or ["- None: every head is within the seed spread of softmax on its backbone, or better."]
 
 

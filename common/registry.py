@@ -6,7 +6,9 @@ with wildcards. An entry (a function or a class) declares its options as annotat
 parameters with defaults; `**kwargs` is refused at registration, so nothing passes
 unchecked. Arguments the caller supplies from data (a head's `num_classes`, a backbone's
 `in_chans`) are `reserved`: never options. `check()` validates options by name and type
-before anything is built.
+before anything is built. An entry also owns its knowledge: what the registry `requires` of it
+(a model's family `recipe`, an optimizer's search ranges and lazy rule) is given at registration,
+`@reg.register(recipe=...)`, refused there when missing, and read with `reg.meta(name)`.
 """
 from __future__ import annotations
 
@@ -21,23 +23,34 @@ from common.options import has_type, type_name
 
 
 class Registry:
-    def __init__(self, kind: str, reserved: dict[str, str] | None = None):
+    def __init__(self, kind: str, reserved: dict[str, str] | None = None, requires: tuple[str, ...] = ()):
         self.kind = kind
         self.reserved = reserved or {}  # argument -> where its value comes from
+        self.requires = requires  # what every entry declares at registration (its `meta`)
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, fn: Callable[..., Any] | None = None, *, name: str | None = None):
-        """Decorator: `@reg.register` or `@reg.register(name="x")`."""
+    def register(self, fn: Callable[..., Any] | None = None, *, name: str | None = None, **meta):
+        """Decorator: `@reg.register`, `@reg.register(name="x")`, `@reg.register(recipe={...})`."""
 
         def add(f: Callable[..., Any]) -> Callable[..., Any]:
             key = name or f.__name__
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
+            missing = [k for k in self.requires if k not in meta]
+            if missing:
+                raise ValueError(f"{self.kind} {key!r} declares no {', '.join(missing)}: every {self.kind} owns its "
+                                 f"{', '.join(self.requires)} (register it with them)")
             _declared_options(f, self.reserved, f"{self.kind} {key!r}")  # refuses **kwargs, missing types
-            self._entries[key] = f
+            self._entries[key], self._meta[key] = f, meta
             return f
 
         return add(fn) if fn is not None else add
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """What entry `name` declared at registration (`requires` and anything else it gave)."""
+        self.get(name)
+        return self._meta[name]
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:

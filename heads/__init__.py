@@ -7,6 +7,6 @@ its class declares its options, its search ranges (`suggest`) and its cost note.
 from common.registry import import_submodules
 from heads._registry import HEADS, create_head, head_class, head_complexity, list_heads, register_head
 
-import_submodules(__name__, skip=("base", "bench", "learnability"))
+import_submodules(__name__, skip=("base", "speed"))  # speed: the heads' speed layer, no heads
 
 __all__ = ["HEADS", "create_head", "head_class", "head_complexity", "list_heads", "register_head"]

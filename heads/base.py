@@ -10,8 +10,9 @@
   per weight (1: SGD momentum; 2: Adam). Multiply-adds alone miss where a large output layer
   spends its time (memory traffic), so `tools.heads_bench` predicts from both.
 - `sparse_parameters()`: the parameters whose gradients hold only the rows a step touched;
-  the engine gives them the lazy row-wise optimizer of `heads.sparse`;
-- `cost_note`: one line for the report on what the head costs and why;
+  the engine gives them the lazy row-wise optimizer of `heads.speed.sparse`;
+- `cost_note`: one line for the report on what the head costs and why; `trails_because`: why it
+  may trail softmax where it does (the study report quotes it; softmax, the reference, says "");
 - `suggest(trial, num_classes, has_hierarchy)`: the search ranges of the head's options,
   define-by-run (Optuna's `trial.suggest_*`, flat `head_<option>` names); returns keys
   derived from them. `baseline(num_classes)`: the values of those parameters for a search's
@@ -29,6 +30,7 @@ from torch import nn
 class Head(nn.Module):
     supports_label_smoothing = True
     cost_note = ""  # one line for the report: the head's time complexity, in words
+    trails_because = ""  # for the report: why the head may trail softmax where it does (every head says)
 
     @classmethod
     def suggest(cls, trial, num_classes: int, has_hierarchy: bool = False) -> dict:
@@ -78,7 +80,7 @@ class Head(nn.Module):
         return {}
 
     def sparse_parameters(self) -> list:
-        """Parameters whose gradient is row-sparse (`heads.sparse`); the engine updates them lazily."""
+        """Parameters whose gradient is row-sparse (`heads.speed.sparse`); the engine updates them lazily."""
         return []
 
 

@@ -25,6 +25,9 @@ from heads.softmax import SoftmaxHead
 @register_head(name="gumbel")
 class GumbelSoftmaxHead(SoftmaxHead):
     cost_note = "all C logits plus C Gumbel draws: O(d*C) like softmax; it changes the training signal, not the cost."
+    # Why it trails softmax on a small balanced set (the study report quotes it).
+    trails_because = ("its training loss adds Gumbel noise to the logits (temperature tau), a regulariser whose "
+                      "strength the search had few trials to tune")
 
     @classmethod
     def baseline(cls, num_classes):

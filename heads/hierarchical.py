@@ -6,22 +6,12 @@ for balanced groups (minimal at K = sqrt(C)). The tree comes from the dataset (C
 20 superclasses), from a user mapping, or is built balanced: about sqrt(C) contiguous groups
 (`num_groups` sets another count; `fastest_num_groups` is the one fastest for a batch's step).
 
-Grouped, row-sparse computation. The class rows are stored group by group, so each group's
-rows are one contiguous run. The within-group logits and their gradients are computed per
-group present in the batch (no per-example (B, M, d) gather); the weight gradient holds only
-the rows of those groups, and the engine's lazy optimizer updates only them (`heads.sparse`:
-untouched rows keep their momentum and are not decayed that step). Two implementations give
-the same results (tested against each other and a per-example reference):
-- fp32 on the CPU: the kernels of heads/kernels.cpp (`heads.kernels`, built on first use). They
-  sort the batch by group and stream each present group's rows once, forward and backward
-  (3.6 and 7 ms at C = 1e5, d 512, batch 256, against 17 and 38 ms for the batched matmuls on
-  the 2-core dev machine; the README has the whole step).
-- elsewhere (CUDA, bf16, a CPU without a compiler): consecutive groups of equal size form one
-  (groups, size, d) block (one for CIFAR-100's tree, two for a balanced one); the batch is
-  padded by group and each block's present groups, gathered once, take one batched matmul.
-  Greedy predict does the same for predicted groups, or, when most groups are predicted,
-  multiplies every group's block in place (no gather). One small host sync per step reads the
-  largest group count.
+Grouped, row-sparse computation (heads.speed.grouped). The class rows are stored group by group,
+so each group's rows are one contiguous run. The within-group logits and their gradients are
+computed per group present in the batch (no per-example (B, M, d) gather); the weight gradient
+holds only the rows of those groups, and the engine's lazy optimizer updates only them
+(heads.speed.sparse: untouched rows keep their momentum and are not decayed that step): by the
+compiled CPU kernels for fp32 on the CPU, by batched matmuls elsewhere (the same results).
 `dense=True` computes the same rows but writes a dense C x d gradient, which the dense optimizer
 then updates in full: the dense update.
 """
@@ -35,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads import kernels
 from heads._registry import register_head
 from heads.base import F32, Head, madds, smoothed_nll, update_bytes
-from heads.sparse import sparse_grad
+from heads.speed.grouped import class_logits, segments_of
 
 TREES = ("auto", "dataset", "balanced")
 PREDICT_MODES = ("greedy", "exact")
@@ -107,160 +96,13 @@ def resolve_groups(num_classes: int, hierarchy=None, tree: str = "auto", num_gro
     return _check_groups(groups, num_classes)
 
 
-def _segments(sizes: torch.Tensor) -> list[tuple[int, int, int, int]]:
-    """Maximal runs of consecutive groups of equal size, as (first group, groups, size, first row):
-    a run's rows are one (groups, size, d) block of the weight (one for CIFAR-100's tree, two for
-    a balanced tree)."""
-    out, row = [], 0
-    for g, s in enumerate(sizes.tolist()):
-        if out and out[-1][2] == s:
-            first, count, _, row0 = out[-1]
-            out[-1] = (first, count + 1, s, row0)
-        else:
-            out.append((g, 1, s, row))
-        row += s
-    return out
-
-
-def _plan(group: torch.Tensor, segments, segment_first: torch.Tensor):
-    """Pad the batch by group: each example's (slot, position) among the U groups present (slots in
-    group order), the largest count, and where each segment's groups start among the slots."""
-    present, slot, counts = torch.unique(group, return_inverse=True, return_counts=True)
-    order = torch.argsort(slot, stable=True)
-    first = torch.cumsum(counts, 0) - counts
-    pos = torch.empty_like(slot)
-    pos[order] = torch.arange(len(slot), device=slot.device) - first[slot[order]]
-    cuts = torch.searchsorted(present, segment_first)
-    host = torch.cat([counts.max()[None], cuts, cuts.new_tensor([len(present)])]).tolist()  # the step's host sync
-    bounds = [(a, b, seg) for a, b, seg in zip(host[1:-1], host[2:], segments) if b > a]
-    return present, slot, pos, host[0], bounds
-
-
-def _padded(t: torch.Tensor, slot, pos, groups: int, width: int) -> torch.Tensor:
-    """(B, ...) -> (U, width, ...): each example at its group's slot and position, zeros elsewhere."""
-    out = t.new_zeros((groups, width) + t.shape[1:])
-    out[slot, pos] = t
-    return out
-
-
-def _block_logits(xp: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(U, n, size) logits of U padded batches xp (U, n, d) against U weight blocks w (U, size, d)
-    and biases b (U, size). xp @ w^T streams each weight block once, where w @ xp^T (MKL) takes
-    1.5-2x as long (7.4 against 11.3 ms at C = 1e5, 23 against 50 ms at 1e6; README)."""
-    return torch.baddbmm(b[:, None, :], xp, w.transpose(1, 2))
-
-
-class _GroupedLogits(torch.autograd.Function):
-    """Each example's logits over its group's classes (B, M; zeros past the group's size), by one
-    batched matmul per segment of equal-size groups (`_segments`) over the groups present. The
-    weight and bias gradients hold only those groups' rows, in ascending order (row-sparse), or
-    are dense C x d tensors with zeros elsewhere (`dense`). The present groups' weight blocks are
-    gathered once, as a strided view of each segment indexed by group. `plan`: `_plan`'s result
-    when the caller already has it (predict), else None."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, group, segments, segment_first, width_out, dense, plan=None):
-        present, slot, pos, width, bounds = plan or _plan(group, segments, segment_first)
-        xp = _padded(x, slot, pos, len(present), width)  # (U, n, d)
-        logits = x.new_zeros(len(x), width_out)
-        blocks, rows = [], []
-        with torch.autocast(x.device.type, enabled=False):
-            for a, b, (first, count, size, row0) in bounds:
-                local = present[a:b] - first
-                w = weight[row0:row0 + count * size].view(count, size, -1)[local].to(x.dtype)  # (U_s, size, d)
-                bs = bias[row0:row0 + count * size].view(count, size)[local].to(x.dtype)
-                out = _block_logits(xp[a:b], w, bs)
-                mine = (slot >= a) & (slot < b)
-                logits[mine, :size] = out[slot[mine] - a, pos[mine]]
-                blocks.append(w)
-                rows.append((row0 + local[:, None] * size + torch.arange(size, device=x.device)).flatten())
-        ctx.save_for_backward(xp, slot, pos, torch.cat(rows), *blocks)
-        ctx.bounds, ctx.dense, ctx.shapes = bounds, dense, (weight.shape, bias.shape)
-        return logits
-
-    @staticmethod
-    def backward(ctx, grad):
-        xp, slot, pos, index, *blocks = ctx.saved_tensors
-        grad = grad.to(xp.dtype)
-        grad_x = torch.empty((len(grad), xp.shape[-1]), dtype=xp.dtype, device=xp.device)
-        gw = torch.empty((len(index), xp.shape[-1]), dtype=xp.dtype, device=xp.device)
-        gb, row = torch.empty(len(index), dtype=xp.dtype, device=xp.device), 0
-        for (a, b, (_, _, size, _)), w in zip(ctx.bounds, blocks):
-            mine = (slot >= a) & (slot < b)
-            gp = _padded(grad[mine, :size], slot[mine] - a, pos[mine], b - a, xp.shape[1])  # (U_s, n, size)
-            grad_x[mine] = torch.bmm(gp, w)[slot[mine] - a, pos[mine]]
-            n = (b - a) * size
-            # gp^T made contiguous: bmm on the transposed view is 3x slower on CPU
-            torch.bmm(gp.transpose(1, 2).contiguous(), xp[a:b], out=gw[row:row + n].view(b - a, size, -1))
-            gb[row:row + n] = gp.sum(1).flatten()
-            row += n
-        return grad_x, *_row_gradients(index, gw, gb, ctx.shapes, ctx.dense), None, None, None, None, None, None
-
-
-def _row_gradients(index: torch.Tensor, gw: torch.Tensor, gb: torch.Tensor, shapes, dense: bool):
-    """The weight and bias gradients from the rows `index` (ascending, unique) and their values:
-    row-sparse (fp32, the optimizer's dtype), or dense tensors of `shapes` with zeros elsewhere."""
-    if dense:
-        return tuple(torch.zeros(shape, dtype=g.dtype, device=g.device).index_copy_(0, index, g)
-                     for g, shape in zip((gw, gb), shapes))
-    return tuple(sparse_grad(index, g.float(), shape, coalesced=True) for g, shape in zip((gw, gb), shapes))
-
-
-class _KernelLogits(torch.autograd.Function):
-    """`_GroupedLogits` by the CPU kernels of heads/kernels.cpp (fp32 on the CPU): the same logits
-    and gradients, each present group's rows read once in place (no padding, no gather, no
-    batched matmuls), its examples found by a counting sort (`plan`, no host sync)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, group, offset, size, width_out, dense):
-        k, x = kernels.compiled(), x.contiguous()
-        plan = k.plan(group, len(offset))
-        ctx.save_for_backward(x, weight, offset, size, *plan)
-        ctx.dense, ctx.shapes = dense, (weight.shape, bias.shape)
-        return k.logits(x, weight, bias, offset, size, *plan, width_out)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, offset, size, *plan = ctx.saved_tensors
-        grad_x, gw, gb, index = kernels.compiled().backward(grad.contiguous(), x, weight, offset, size, *plan)
-        return grad_x, *_row_gradients(index, gw, gb, ctx.shapes, ctx.dense), None, None, None, None, None
-
-
-def _on_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the CPU kernels take this batch: fp32 on the CPU, and the kernels built."""
-    return x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and kernels.compiled() is not None
-
-
-EVERY_GROUP_SHARE = 0.4  # the share of groups present above which predict reads every group (measured below)
-
-
-def _logits_every_group(x, weight, bias, group, segments, segment_first, width_out):
-    """Greedy predict's within-group logits (B, M) without gradients. When most groups hold an
-    example, one batched matmul per segment over *all* its groups, the batch padded to every
-    group, reads each weight row once where gathering the present groups' blocks first reads and
-    writes them and reads them again: 19.6 ms against 29.9 ms at C = 1e5 (d 512, batch 256, 54% of
-    the groups present) on the 2-core dev machine. With fewer present (C = 1e6: 23%) the gather
-    wins (107 ms against 121 ms), so below `EVERY_GROUP_SHARE` this is `_GroupedLogits`."""
-    plan = _plan(group, segments, segment_first)  # one plan (and host sync) for either path
-    present, _, pos, width, _ = plan
-    if len(present) < EVERY_GROUP_SHARE * sum(count for _, count, _, _ in segments):
-        return _GroupedLogits.apply(x, weight, bias, group, segments, segment_first, width_out, True, plan)
-    logits = x.new_zeros(len(x), width_out)
-    with torch.autocast(x.device.type, enabled=False):
-        for first, count, size, row0 in segments:
-            mine = (group >= first) & (group < first + count)
-            local, w_rows = group[mine] - first, slice(row0, row0 + count * size)
-            xf = _padded(x[mine], local, pos[mine], count, width)  # (count, n, d): every group of the segment
-            out = _block_logits(xf, weight[w_rows].view(count, size, -1).to(x.dtype),
-                                bias[w_rows].view(count, size).to(x.dtype))
-            logits[mine, :size] = out[local, pos[mine]]
-    return logits
-
-
 @register_head(name="hierarchical")
 class HierarchicalHead(Head):
     cost_note = ("K groups then the classes of one group: O(d*(K + C/K)) to train and for greedy predict, "
                  "minimal at K = sqrt(C); the full distribution still needs O(d*(K + C)).")
+    # Why it trails softmax on a small balanced set (the study report quotes it).
+    trails_because = ("an error at the superclass step cannot be undone at the class step, and the superclasses "
+                      "(CIFAR-100's coarse labels) group by meaning, not by what the backbone sees")
     _version = 2  # 2: class rows stored group by group (version 1: in class-id order)
 
     @classmethod
@@ -294,7 +136,7 @@ class HierarchicalHead(Head):
         buffers = {"order": order, "rank": torch.argsort(order), "group_of_row": group_of_row,
                    "group_of": group_of_row[torch.argsort(order)], "offset": offset, "group_size": size,
                    "members": members, "valid": slot[None, :] < size[:, None]}
-        self.segments = _segments(size)
+        self.segments = segments_of(size)
         buffers["segment_first"] = torch.tensor([first for first, *_ in self.segments])
         for name, t in buffers.items():
             self.register_buffer(name, t, persistent=False)
@@ -317,17 +159,11 @@ class HierarchicalHead(Head):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def _class_logits(self, features: torch.Tensor, group: torch.Tensor, predict: bool = False) -> torch.Tensor:
-        """Each row's logits over its group's classes (B, M; zeros past the group's size): the CPU
-        kernels for fp32 on the CPU, else the batched matmuls (predict may read every group's block)."""
-        width = self.valid.shape[1]
-        if self.cpu_kernels and _on_kernels(features, self.class_weight):
-            return _KernelLogits.apply(features, self.class_weight, self.class_bias, group, self.offset,
-                                       self.group_size, width, self.dense)
-        if predict:
-            return _logits_every_group(features, self.class_weight, self.class_bias, group, self.segments,
-                                       self.segment_first, width)
-        return _GroupedLogits.apply(features, self.class_weight, self.class_bias, group, self.segments,
-                                    self.segment_first, width, self.dense)
+        """Each row's logits over its group's classes (B, M; zeros past the group's size), by the speed layer."""
+        return class_logits(features, self.class_weight, self.class_bias, group, offset=self.offset,
+                            size=self.group_size, segments=self.segments, segment_first=self.segment_first,
+                            width=self.valid.shape[1], dense=self.dense, predict=predict,
+                            cpu_kernels=self.cpu_kernels)
 
     def _within_group(self, features: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         """Log p(class | group) over each row's group slots (B, M); padding is -inf."""
@@ -397,10 +233,8 @@ def fastest_num_groups(num_classes: int, in_features: int, batch: int = 256, mad
     updates: the K group rows plus the distinct target groups' rows, about K + B*C/K while
     K >> B, least near sqrt(B*C); the multiply-adds of the K-way group layer pull K back down.
     `madds_per_byte`: the machine's matmul rate over its memory bandwidth (about 6 on the 2-core
-    dev machine: 146 G multiply-adds/s, 25 GB/s). At d 512, batch 256: K = 2000 at C = 1e5 and
-    8000 at 1e6, where the step took 38 and 91 ms against 93 and 294 ms with sqrt(C). Not the
-    default: on synthetic data at C = 1e4 (594 groups against 100) it learned far worse at the
-    same budget, 0.25 against 0.56 accuracy (README)."""
+    dev machine). Not the default: on synthetic data at C = 1e4 it learned far worse than sqrt(C)
+    at the same budget (the README has the measured steps and accuracies)."""
     candidates = np.unique(np.geomspace(1, num_classes, 200).round().astype(int))
 
     def cost(k):  # seconds times the bandwidth; training's backward doubles the forward's matmuls

@@ -15,10 +15,10 @@ they reached 1.1% test accuracy where softmax reached 4.0% and the mixed candida
 `batch_negatives=False` is the plain k-sample loss, d*(k+1).
 
 Row-sparse by default: one lookup of the rows [targets, samples] whose gradient holds only
-those rows, and the engine's lazy optimizer updates only them (see `heads.sparse` for what
+those rows, and the engine's lazy optimizer updates only them (see `heads.speed.sparse` for what
 that changes against a dense update: untouched rows keep their momentum and are not decayed
 that step). On CPU the row-sparse step runs on one thread: its few dozen ops over a few hundred
-rows are faster there than with the other threads woken for each (`heads.sparse.one_thread`).
+rows are faster there than with the other threads woken for each (`heads.speed.sparse.one_thread`).
 `dense=True` is the dense gradient and dense optimizer update of every row.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from heads._registry import register_head
 from heads.base import F32, dense_layer_bytes, madds, update_bytes
 from heads.softmax import SoftmaxHead
-from heads.sparse import on_one_thread, rows
+from heads.speed.sparse import on_one_thread, rows
 
 PROPOSALS = ("uniform", "log_uniform")
 
@@ -41,6 +41,9 @@ class SampledSoftmaxHead(SoftmaxHead):
     supports_label_smoothing = False
     cost_note = ("the batch's targets and k sampled classes in training, O(d*(B+k)) (O(d*(k+1)) with "
                  "batch_negatives=false); evaluation is the full O(d*C) softmax.")
+    # Why it trails softmax on a small balanced set (the study report quotes it).
+    trails_because = ("its training loss sees the batch's targets and k sampled classes, not all C; at C = 100 it "
+                      "saves nothing and its gradient is a noisier estimate of softmax's")
 
     @classmethod
     def suggest(cls, trial, num_classes, has_hierarchy=False):
@@ -88,7 +91,7 @@ class SampledSoftmaxHead(SoftmaxHead):
         index = torch.cat([target, sampled])  # one lookup for both
         if self.dense:
             return self._candidate_loss(features, target, sampled, index, self.fc.weight, self.fc.bias)
-        # A few hundred rows: on CPU the step is faster on one thread (heads.sparse.one_thread).
+        # A few hundred rows: on CPU the step is faster on one thread (heads.speed.sparse.one_thread).
         work = len(index) * max(features.shape[1], len(target))  # the rows looked up, or the logits
         return on_one_thread(self._candidate_loss, work, features, target, sampled, index, self.fc.weight,
                              self.fc.bias)

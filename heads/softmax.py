@@ -13,6 +13,7 @@ from heads.base import Head, dense_layer_bytes, madds, smoothed_nll
 @register_head(name="softmax")
 class SoftmaxHead(Head):
     cost_note = "one d x C matrix: O(d*C) to train, to normalise and to predict."
+    trails_because = ""  # the reference every other head is compared with
 
     @classmethod
     def suggest(cls, trial, num_classes, has_hierarchy=False):

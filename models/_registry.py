@@ -7,7 +7,7 @@ from torch import nn
 
 from common.registry import Registry
 
-MODELS = Registry("model", reserved={"in_chans": "the dataset (its image channels)",
+MODELS = Registry("model", requires=("recipe",), reserved={"in_chans": "the dataset (its image channels)",
                                      "img_size": "the dataset (its image size)"})
 register_model = MODELS.register
 list_models = MODELS.list

@@ -19,6 +19,11 @@ from torch import nn
 
 from models._registry import register_model
 
+# The family recipe (a search's first trial): Nesterov SGD, batch 512 at lr 0.2 (0.05 per 128
+# images), label smoothing 0.2 as airbench; train it with crop_pad=2, pad_mode=reflect and a short
+# warmup (the README's command).
+RECIPE = dict(optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=5e-4, batch_size=512, label_smoothing=0.2)
+
 
 class ConvGroup(nn.Module):
     """conv -> 2x2 max-pool -> BN -> GELU, then (convs - 1) x (conv -> BN -> GELU) at the pooled size."""
@@ -71,7 +76,7 @@ class AirNet(nn.Module):
         return F.adaptive_max_pool2d(x, 1).flatten(1)
 
 
-@register_model
+@register_model(recipe=RECIPE)
 def airnet(in_chans: int = 3, img_size: int = 32, widths: Sequence[int] = (64, 256, 256),
            convs_per_group: int = 2) -> AirNet:
     """airbench94's network: widths 64 / 256 / 256, two convs a group."""

@@ -7,8 +7,12 @@ import timm
 
 from models._registry import register_model
 
+# The family recipe (lr at batch 128): kuangliu/pytorch-cifar trains EfficientNet-B0 with the same
+# SGD recipe as its ResNets.
+RECIPE = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, label_smoothing=0.0)
 
-@register_model
+
+@register_model(recipe=RECIPE)
 def efficientnet_b0(in_chans: int = 3, img_size: int = 32, drop_rate: float = 0.2, drop_path_rate: float = 0.2):
     net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=0, in_chans=in_chans,
                             drop_rate=drop_rate, drop_path_rate=drop_path_rate)

@@ -3,6 +3,10 @@ import timm
 
 from models._registry import register_model
 
+# The family recipe (lr at batch 128): omihub777/ViT-CIFAR (small ViTs from scratch on CIFAR): AdamW
+# lr 1e-3, weight decay 5e-5, batch 128, 5 warmup epochs, label smoothing 0.1.
+RECIPE = dict(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=5e-5, batch_size=128, label_smoothing=0.1)
+
 
 def _create_vit(variant: str, in_chans: int, img_size: int, drop_path_rate: float):
     if img_size % 4:
@@ -11,13 +15,13 @@ def _create_vit(variant: str, in_chans: int, img_size: int, drop_path_rate: floa
                              in_chans=in_chans, drop_path_rate=drop_path_rate)
 
 
-@register_model
+@register_model(recipe=RECIPE)
 def vit_tiny(in_chans: int = 3, img_size: int = 32, drop_path_rate: float = 0.1):
     """ViT-Ti: 12 blocks, width 192, 3 heads; 64 tokens at 32x32."""
     return _create_vit("vit_tiny_patch16_224", in_chans, img_size, drop_path_rate)
 
 
-@register_model
+@register_model(recipe=RECIPE)
 def vit_small(in_chans: int = 3, img_size: int = 32, drop_path_rate: float = 0.1):
     """ViT-S: 12 blocks, width 384, 6 heads."""
     return _create_vit("vit_small_patch16_224", in_chans, img_size, drop_path_rate)

@@ -6,7 +6,8 @@ an equal share of the trials (tuning/pairs.py). Searched everywhere: lr (log; it
 fits the optimizer and scales with the batch size), momentum, weight decay (log; L2 or
 decoupled ranges), batch size, the optimizer where the family allows several; label
 smoothing for heads that support it, and each head's own options from the head itself
-(`Head.suggest`). The first trial of every pair is the family's known-good recipe below.
+(`Head.suggest`). The first trial of every pair is the backbone's family recipe, which its
+registry entry owns (models/), with the head's own baseline options.
 """
 from __future__ import annotations
 
@@ -14,46 +15,25 @@ import functools
 import math
 
 import heads
+import models
 from search_spaces._registry import DataInfo, Pair, Space, define_by_run, register_space
+from training.optim import OPTIMIZERS
 
 CNN_PRESETS = ("cnn_base", "cnn_bn4", "cnn_keras", "cnn_vgg")
 CIFAR100 = {"dataset": "cifar100"}
 
-# Peak lr at batch 128; the range scales linearly with the batch size (Goyal et al. 2017).
-LR_RANGES = {"sgd": (1e-3, 0.3), "adam": (1e-4, 1e-2), "adamw": (1e-4, 1e-2), "rmsprop": (1e-5, 3e-3)}
-# L2 penalty (sgd, adam, rmsprop) is not decoupled decay (adamw), whose useful values are ~100x larger.
-WD_RANGES = {"sgd": (1e-5, 1e-3), "adam": (1e-6, 1e-3), "rmsprop": (1e-6, 1e-3), "adamw": (1e-5, 0.1)}
 BATCH_SIZES = (64, 128, 256)
-
-# Known-good starting points per family: the first trial of every pair (lr at batch 128).
-RECIPES = {
-    # This project's standalone CIFAR-100 run (closing note of issues #2-#5): cnn_base with Adam
-    # lr 2e-3, batch 128 reached 32% test accuracy in 3 epochs; AdamW adds a small decoupled decay.
-    "cnn": dict(optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=5e-4, batch_size=128, label_smoothing=0.0),
-    # He et al. 2016's CIFAR recipe as kuangliu/pytorch-cifar runs it: SGD lr 0.1, momentum 0.9,
-    # weight decay 5e-4, batch 128, cosine schedule.
-    "resnet": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, label_smoothing=0.0),
-    # omihub777/ViT-CIFAR (small ViTs from scratch on CIFAR): AdamW lr 1e-3, weight decay 5e-5,
-    # batch 128, 5 warmup epochs, label smoothing 0.1.
-    "vit": dict(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=5e-5, batch_size=128, label_smoothing=0.1),
-    # kuangliu/pytorch-cifar trains EfficientNet-B0 with the same SGD recipe as its ResNets.
-    "effnet": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, label_smoothing=0.0),
-}
-FAMILIES = {"cnn": "cnn", "resnet": "resnet", "vit": "vit", "efficientnet": "effnet"}  # arch prefix -> family
-
-
-def family(arch: str) -> str | None:
-    return next((f for prefix, f in FAMILIES.items() if arch.startswith(prefix)), None)
 
 
 def suggest_training(trial, arch: str, head: str, optimizers=("sgd", "adamw"), batch_sizes=BATCH_SIZES) -> dict:
     """Optimizer, batch size, then lr and weight decay in the ranges that fit them."""
     optimizer = trial.suggest_categorical("optimizer", list(optimizers)) if len(optimizers) > 1 else optimizers[0]
     batch = trial.suggest_categorical("batch_size", list(batch_sizes))
-    low, high = LR_RANGES[optimizer]
+    ranges = OPTIMIZERS.meta(optimizer)
+    low, high = ranges["lr_range"]  # peak lr at batch 128, scaled linearly with the batch (Goyal et al. 2017)
     trial.suggest_float("lr", low * batch / 128, high * batch / 128, log=True)  # peak lr
     trial.suggest_float("momentum", 0.8, 0.99)  # sgd momentum / adam beta1
-    trial.suggest_float("weight_decay", *WD_RANGES[optimizer], log=True)
+    trial.suggest_float("weight_decay", *ranges["weight_decay_range"], log=True)
     return {"optimizer": optimizer}
 
 
@@ -82,7 +62,7 @@ class RecipeTrial:
 def baseline(space: Space, data: DataInfo, pair: Pair) -> dict:
     """The first trial of a pair's study: its family's recipe plus the head's own baseline options."""
     arch, head = pair
-    trial = RecipeTrial({**RECIPES.get(family(arch), {}), **heads.head_class(head).baseline(data.num_classes)})
+    trial = RecipeTrial({**models.MODELS.meta(arch)["recipe"], **heads.head_class(head).baseline(data.num_classes)})
     define_by_run(space, data, pair, trial)
     return trial.params
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitest import assert_one_line
 
 from analysis import report, retrain
 from tools import heads_bench as bench
@@ -258,20 +259,12 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
 ]
 
 
-def _assert_one_line(code, err: str, expected: str):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("cli,argv,expected", COMMANDS,
                          ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(COMMANDS)])
 def test_a_bad_command_line_is_one_line_and_exit_2(cli, argv, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing an accident writes lands in the checkout
     code = CLIS[cli](argv(tmp_path))
-    _assert_one_line(code, capsys.readouterr().err, expected)
+    assert_one_line(code, capsys.readouterr().err, expected)
 
 
 @pytest.mark.parametrize("make", CORRUPT, ids=[f.__name__ for f in CORRUPT])
@@ -279,7 +272,7 @@ def test_a_corrupt_dataset_file_is_named_in_one_line(make, tmp_path, capsys):
     dataset, expected = make(tmp_path)
     code = train.main(["--dataset", dataset, "--data-dir", str(tmp_path), "--no-download", "--epochs", "1",
                        "--device", "cpu"])
-    _assert_one_line(code, capsys.readouterr().err, expected)
+    assert_one_line(code, capsys.readouterr().err, expected)
     assert not (tmp_path / "marker").exists()
 
 
@@ -289,14 +282,14 @@ def test_a_tracker_without_its_package_is_one_line(tmp_path, capsys, monkeypatch
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     code = search.main(SMOKE + ["--storage", str(tmp_path), "--callback", "wandb"])
-    _assert_one_line(code, capsys.readouterr().err, "--callback wandb needs the wandb package: pip install wandb")
+    assert_one_line(code, capsys.readouterr().err, "--callback wandb needs the wandb package: pip install wandb")
 
 
 def test_an_mlflow_store_that_does_not_open_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")  # MLflow 3 refuses a folder store
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     code = search.main(SMOKE + ["--storage", str(tmp_path), "--callback", "mlflow"])
-    _assert_one_line(code, capsys.readouterr().err, f"--callback mlflow: tracking URI file://{tmp_path}/mlruns "
+    assert_one_line(code, capsys.readouterr().err, f"--callback mlflow: tracking URI file://{tmp_path}/mlruns "
                                                     "does not open")
     assert [f.name for f in tmp_path.iterdir()] == ["mlruns"] or not list(tmp_path.iterdir())  # no experiment
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import heads
 from training import data, engine
 from training.config import TrainConfig
 
@@ -101,7 +102,7 @@ def test_config_round_trips_through_flat_dict():
     assert TrainConfig.from_dict(cfg.to_flat()) == cfg
 
 
-@pytest.mark.parametrize("head", ["softmax", "hierarchical", "adaptive", "sampled", "gumbel"])
+@pytest.mark.parametrize("head", heads.list_heads())
 def test_every_head_trains_through_the_engine(fake_dir, head):
     cfg = TrainConfig(arch="cnn_base", head=head, epochs=1, batch_size=64)
     result = engine.fit(cfg, _split(fake_dir))

@@ -287,14 +287,14 @@ def test_fastest_group_count_lies_between_the_multiply_add_and_the_memory_optimu
 
 def test_bench_writes_csv_plot_and_ratios(tmp_path, capsys):
     from tools import heads_bench as bench
-    from heads import kernels
+    from heads.speed import kernels
 
     import pandas as pd
 
     assert bench.main(["--classes", "10,50", "--dim", "8", "--batch", "4", "--min-time", "0.01", "--repeats", "2",
                        "--num-sampled", "5", "--with-dense", "--out", str(tmp_path)]) == 0
     on_kernels = kernels.compiled() is not None
-    timed = "the CPU kernels of heads/kernels.cpp" if on_kernels else "batched matmuls"
+    timed = "the CPU kernels of heads/speed/kernels.cpp" if on_kernels else "batched matmuls"
     assert f"\nhierarchical: {timed}" in capsys.readouterr().out  # which implementation the run timed
     assert (tmp_path / "heads_bench.csv").stat().st_size > 0 and (tmp_path / "heads_bench.png").stat().st_size > 0
     df = pd.read_csv(tmp_path / "heads_bench.csv")

@@ -1,11 +1,11 @@
-"""The heads' CPU kernels (heads/kernels.py, heads/kernels.cpp): built here, refusing what they cannot
+"""The heads' CPU kernels (heads/speed/kernels.py, heads/speed/kernels.cpp): built here, refusing what they cannot
 take, and a machine that cannot build them falls back with one warning. Their results against the
 batched matmuls and the per-example reference: tests/test_sparse.py (`grouped_path`)."""
 import pytest
 import torch
 
 import heads
-from heads import kernels
+from heads.speed import kernels
 
 
 @pytest.fixture
@@ -55,11 +55,11 @@ def test_the_switch_turns_them_off_without_trying(fresh, monkeypatch):
 
 
 def test_cpu_kernels_false_takes_the_batched_matmuls_with_the_same_results(monkeypatch):
-    from heads import hierarchical
+    from heads.speed import grouped
 
     calls = []
-    real = hierarchical._GroupedLogits.apply
-    monkeypatch.setattr(hierarchical._GroupedLogits, "apply", lambda *a: calls.append(1) or real(*a))
+    real = grouped._GroupedLogits.apply
+    monkeypatch.setattr(grouped._GroupedLogits, "apply", lambda *a: calls.append(1) or real(*a))
     x, y = torch.randn(32, 8), torch.randint(0, 100, (32,))
     results = []
     for cpu_kernels in (True, False):

@@ -204,6 +204,21 @@ def test_the_project_imports_only_go_down():
     assert not violations(modules, edges), "\n".join(violations(modules, edges))
 
 
+def test_the_readme_layout_names_every_module():
+    """Its table says the same as the folders: each public module, by path or in its folder's row."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Layout"):readme.index("\n## ", readme.index("## Layout") + 1)]
+    rows = {line.split("|")[1].strip(" `"): line for line in section.splitlines() if line.startswith("| `")}
+    missing = []
+    for module, path in project_modules().items():
+        folder, name = path.parent.relative_to(ROOT).as_posix(), path.name
+        if name.startswith("_"):
+            continue
+        if f"{folder}/{name}" not in section and name not in rows.get(f"{folder}/", ""):
+            missing.append(f"{folder}/{name}")
+    assert not missing, f"the README's layout table misses {missing}"
+
+
 def test_every_module_has_a_layer():
     for m in project_modules():
         layer_of(m)

@@ -1,9 +1,9 @@
 """The many-class ImageFolder built from CIFAR-100: classes are (fine class, quarter turn, channel
 order), no source image is reused, and the imagefolder loader reads it back as that many classes."""
-import re
 
 import numpy as np
 import pytest
+from clitest import assert_one_line
 from PIL import Image
 
 from training import fake_data, many_classes
@@ -50,7 +50,5 @@ def test_bad_input_is_one_line_and_exit_2(built, tmp_path, capsys, args, message
     root, _ = built
     base = ["--data-dir", str(root), "--out", str(tmp_path / "new"), "--rotations", "2", "--channel-orders", "2",
             "--train-per-class", "2", "--test-per-class", "1"]
-    assert many_classes.main(base + args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert_one_line(many_classes.main(base + args), capsys.readouterr().err, message, regex=True)
     assert not (tmp_path / "new").exists()  # checked before anything is written

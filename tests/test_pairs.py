@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from clitest import assert_one_line
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -12,7 +13,7 @@ import heads
 import models
 import search_spaces
 from search_spaces._registry import DataInfo
-from search_spaces.spaces import RECIPES, baseline, family
+from search_spaces.spaces import baseline
 from tuning import search
 from training.config import TrainConfig
 from tuning.pairs import PairedSearch, PerPairASHA
@@ -82,7 +83,7 @@ def test_every_pair_starts_from_a_valid_recipe(name):
         config = {**TrainConfig().to_flat(), **search_spaces.sample_config(space, DataInfo(100, True), pair,
                                                                            _Replay(params))}
         TrainConfig.from_dict(config)
-        recipe = RECIPES.get(family(pair[0]), {})
+        recipe = models.MODELS.meta(pair[0])["recipe"]
         keys = ("optimizer", "batch_size", "momentum") if name.endswith("_heads") else ("momentum",)  # offered
         for key in keys:
             if key in params:
@@ -163,8 +164,8 @@ def test_set_fixes_a_searched_parameter_and_restricts_the_pairs(capsys, tmp_path
     (["--budget", "equal"], "argument --budget: invalid choice: 'equal'"),
 ])
 def test_bad_steering_is_refused_before_anything_starts(capsys, tmp_path, argv, message):
-    assert search.main(["--space", "smoke", "--storage", str(tmp_path), "--no-dashboard"] + argv) == 2
-    assert message in capsys.readouterr().err
+    code = search.main(["--space", "smoke", "--storage", str(tmp_path), "--no-dashboard"] + argv)
+    assert_one_line(code, capsys.readouterr().err, message)
     assert not list(tmp_path.iterdir())
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from clitest import assert_one_line
 
 import heads
 import search_spaces
@@ -332,8 +333,8 @@ def test_dry_run_prints_spec_and_configs(capsys, tmp_path):
     (["--space", "smoke", "--name", "missing", "--resume"], "--resume: no experiment at"),
 ])
 def test_bad_input_exits_2_before_ray_starts(capsys, tmp_path, argv, message):
-    assert search.main(argv + ["--storage", str(tmp_path), "--no-dashboard"]) == 2
-    assert message in capsys.readouterr().err
+    assert_one_line(search.main(argv + ["--storage", str(tmp_path), "--no-dashboard"]), capsys.readouterr().err,
+                    message)
     assert not list(tmp_path.iterdir())
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import heads
-from heads.sparse import RULES, SMALL, Chained, LazyRows, on_one_thread, rows, sparse_grad
+from heads.speed.sparse import RULES, SMALL, Chained, LazyRows, on_one_thread, rows, sparse_grad
 from training.config import TrainConfig
 from training.optim import OPTIMIZERS, make_optimizer
 
@@ -177,8 +177,8 @@ def test_large_work_keeps_every_thread_and_a_failure_restores_the_thread_count(t
 def test_runs_of_rows_are_updated_on_one_thread_when_each_run_is_small(two_threads, monkeypatch, rows_touched,
                                                                         threads):
     # One kernel per run: on two threads each run pays a wake-up of the other thread (README).
-    seen, stock = [], heads.sparse.sgd
-    monkeypatch.setattr(heads.sparse, "sgd", lambda *a, **k: seen.append(torch.get_num_threads()) or stock(*a, **k))
+    seen, stock = [], heads.speed.sparse.sgd
+    monkeypatch.setattr(heads.speed.sparse, "sgd", lambda *a, **k: seen.append(torch.get_num_threads()) or stock(*a, **k))
     weight = torch.nn.Parameter(torch.zeros(2 ** 17, 8))
     index = torch.tensor(rows_touched)
     weight.grad = sparse_grad(index, torch.ones(len(index), 8), weight.shape, coalesced=True)
@@ -190,7 +190,7 @@ def test_runs_of_rows_are_updated_on_one_thread_when_each_run_is_small(two_threa
 
 
 def test_runs_are_cut_into_shares_of_about_equal_rows():
-    from heads.sparse import _shares
+    from heads.speed.sparse import _shares
 
     assert _shares([10, 1, 1, 1, 1, 10], 2) == [0, 3, 6]  # 12 rows each
     assert _shares([100, 1, 1], 2) == [0, 1, 3] and _shares([3, 3, 3, 3], 4) == [0, 1, 2, 3, 4]
@@ -202,9 +202,9 @@ def test_runs_are_cut_into_shares_of_about_equal_rows():
                                       ("adamw", {"momentum": 0.9, "weight_decay": 1e-2}),
                                       ("rmsprop", {"momentum": 0.5, "weight_decay": 1e-2})])
 def test_many_runs_are_shared_between_the_threads_with_the_same_result(two_threads, monkeypatch, rule, hp):
-    """Over SMALL values in many runs, the lazy update runs in one parallel region (heads.kernels
+    """Over SMALL values in many runs, the lazy update runs in one parallel region (heads.speed.kernels
     over_runs), each thread on its share; every rule gives exactly what one kernel per run gives."""
-    from heads import kernels
+    from heads.speed import kernels
 
     if not kernels.enabled():
         pytest.skip(f"{kernels.SWITCH}=0 turns the CPU kernels off")
@@ -252,9 +252,9 @@ def test_sparse_update_leaves_untouched_rows_as_they_were_under_momentum_and_dec
 
 @pytest.fixture(params=["kernels", "matmuls"])
 def grouped_path(request, monkeypatch):
-    """The hierarchical head's two implementations: the CPU kernels (heads/kernels.cpp, what fp32 on
+    """The hierarchical head's two implementations: the CPU kernels (heads/speed/kernels.cpp, what fp32 on
     the CPU takes) and PyTorch's batched matmuls (what CUDA and bf16 take, and CPU without a compiler)."""
-    from heads import hierarchical, kernels
+    from heads.speed import grouped, kernels
 
     if request.param == "matmuls":
         monkeypatch.setattr(kernels, "compiled", lambda: None)
@@ -263,8 +263,8 @@ def grouped_path(request, monkeypatch):
     else:
         def refuse(*args):
             raise AssertionError("fp32 on the CPU must take the kernels, not the batched matmuls")
-        monkeypatch.setattr(hierarchical._GroupedLogits, "apply", refuse)
-        monkeypatch.setattr(hierarchical, "_logits_every_group", refuse)
+        monkeypatch.setattr(grouped._GroupedLogits, "apply", refuse)
+        monkeypatch.setattr(grouped, "_logits_every_group", refuse)
     return request.param
 
 
@@ -309,7 +309,7 @@ def test_grouped_hierarchical_loss_and_gradients_equal_the_per_example_version(d
 def test_grouped_greedy_predict_equals_the_per_example_greedy_predict(batch, every_group, grouped_path):
     """The kernels, and both of the batched matmuls' paths: every group's block (most groups
     present) and the gathered blocks."""
-    from heads.hierarchical import EVERY_GROUP_SHARE
+    from heads.speed.grouped import EVERY_GROUP_SHARE
 
     head = heads.create_head("hierarchical", 16, 1000, hierarchy=np.random.default_rng(0).integers(0, 30, 1000))
     x = torch.randn(batch, 16)
@@ -368,9 +368,9 @@ def test_learnability_cli_trains_every_named_head_and_writes_the_table(tmp_path)
 
 
 def test_groups_of_equal_size_side_by_side_form_one_block():
-    from heads.hierarchical import _segments
+    from heads.speed.grouped import segments_of
     # (first group, groups, size, first row): a balanced tree of 10 classes in 4 groups is 3,3,2,2
-    assert _segments(torch.tensor([3, 3, 2, 2])) == [(0, 2, 3, 0), (2, 2, 2, 6)]
-    assert _segments(torch.tensor([2, 5, 2])) == [(0, 1, 2, 0), (1, 1, 5, 2), (2, 1, 2, 7)]
+    assert segments_of(torch.tensor([3, 3, 2, 2])) == [(0, 2, 3, 0), (2, 2, 2, 6)]
+    assert segments_of(torch.tensor([2, 5, 2])) == [(0, 1, 2, 0), (1, 1, 5, 2), (2, 1, 2, 7)]
     head = heads.create_head("hierarchical", 4, 10, tree="balanced", num_groups=4)
     assert head.segments == [(0, 2, 3, 0), (2, 2, 2, 6)]

@@ -13,7 +13,9 @@ import models
 from common.options import has_type
 from common.registry import Registry
 from heads.base import Head
+from heads.speed.sparse import RULES
 from training.config import TrainConfig
+from training.optim import OPTIMIZERS
 
 ENTRIES = [("model", n) for n in models.list_models()] + [("head", n) for n in heads.list_heads()]
 REGISTRY = {"model": models.MODELS, "head": heads.HEADS}
@@ -106,10 +108,12 @@ def test_registry_refuses_entries_that_hide_their_options():
 
 # ----------------------------------------------------------------------------- the heads' own ranges
 @pytest.mark.parametrize("name", heads.list_heads())
-def test_every_head_declares_its_search_ranges_and_a_cost_note(name):
+def test_every_head_declares_its_search_ranges_a_cost_note_and_why_it_trails(name):
     cls = heads.head_class(name)
     assert "suggest" in vars(cls), f"head {name!r} declares no search ranges of its own (Head.suggest)"
     assert "cost_note" in vars(cls) and len(cls.cost_note) > 20, f"head {name!r} has no cost note"
+    assert "trails_because" in vars(cls), f"head {name!r} does not say why it may trail softmax (trails_because)"
+    assert (cls.trails_because == "") == (name == "softmax"), f"head {name!r}: only softmax, the reference, says none"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for num_classes in (10, 100, 1000):
@@ -196,3 +200,41 @@ def test_bench_cli_refuses_bad_input_in_one_line(capsys, tmp_path, argv, message
 def test_trial_config_annotations_cover_every_field():
     hints = typing.get_type_hints(TrainConfig)
     assert set(hints) == {f for f in TrainConfig.__dataclass_fields__}
+
+
+# ----------------------------------------------------------------------------- registries own their knowledge
+def test_a_registry_refuses_an_entry_without_what_it_requires():
+    reg = Registry("widget", requires=("recipe", "ranges"))
+    with pytest.raises(ValueError, match="widget 'w' declares no ranges: every widget owns its recipe, ranges"):
+        @reg.register(recipe={})
+        def w(size: int = 1):
+            return size
+
+    @reg.register(recipe={"lr": 1.0}, ranges=(0, 1))
+    def v(size: int = 1):
+        return size
+
+    assert reg.meta("v") == {"recipe": {"lr": 1.0}, "ranges": (0, 1)}
+    with pytest.raises(ValueError, match="unknown widget 'x'; valid widgets: v"):
+        reg.meta("x")
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_model_owns_a_recipe_that_trains(name):
+    """Its family recipe is a valid trial config for it, in its optimizer's own search ranges."""
+    recipe = models.MODELS.meta(name)["recipe"]
+    assert {"optimizer", "lr", "weight_decay", "batch_size"} <= set(recipe), recipe
+    TrainConfig.from_dict({"arch": name, **recipe})
+    ranges = OPTIMIZERS.meta(recipe["optimizer"])
+    low, high = ranges["lr_range"]
+    assert low * recipe["batch_size"] / 128 <= recipe["lr"] <= high * recipe["batch_size"] / 128
+    assert ranges["weight_decay_range"][0] <= recipe["weight_decay"] <= ranges["weight_decay_range"][1]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.list())
+def test_every_optimizer_owns_its_ranges_and_a_lazy_rule_that_exists(name):
+    meta = OPTIMIZERS.meta(name)
+    assert meta["lazy_rule"] in RULES
+    for key in ("lr_range", "weight_decay_range"):
+        low, high = meta[key]
+        assert 0 < low < high, (name, key, meta[key])

@@ -31,16 +31,16 @@ import torch
 
 import heads
 from common.cli import ArgumentParser, guard
-from heads import kernels
+from training import optim
+from heads.speed import kernels
 from heads.hierarchical import fastest_num_groups
-from heads.sparse import build_optimizer
 
 OPS = ("train", "log_prob", "predict")
 SGD = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)  # the engine's default optimizer
 GAP_NOTES = {  # what the roofline does not count, by head
     "softmax": "the (B, C) logits and their softmax passes beyond the byte model's four",
     "gumbel": "C Gumbel draws per example (rand, two logs) on top of softmax",
-    "sampled": "a few dozen small ops of ~100 us each (run on one thread, heads.sparse.one_thread), "
+    "sampled": "a few dozen small ops of ~100 us each (run on one thread, heads.speed.sparse.one_thread), "
                "gathers/scatters of scattered rows, sorting (coalescing) the row gradient",
     "hierarchical": "with the CPU kernels, the lazy update run by run of the groups present and the K-way group "
                     "layer's small ops; with batched matmuls (CUDA, no compiler), also the gather of the present "
@@ -130,7 +130,7 @@ def one_turn(name: str, tag: str | None, num_classes: int, args) -> dict:
     torch.manual_seed(0)
     dim, batch, device, min_time = args.dim, args.batch, args.device, args.min_time
     head = heads.create_head(name, dim, num_classes, **head_options(name, num_classes, tag, args)).to(device)
-    opt = build_optimizer(head, lambda groups: torch.optim.SGD(groups, **SGD, fused=device != "mps"), "sgd", **SGD)
+    opt = optim.build(head, "sgd", **SGD)
     x = torch.randn(batch, dim, device=device, requires_grad=True)
     y = torch.randint(0, num_classes, (batch,), device=device)
 
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
           f"batch={args.batch}, {args.repeats} interleaved rounds", flush=True)
     args.on_kernels = "hierarchical" in names and args.device == "cpu" and kernels.compiled() is not None
     if "hierarchical" in names:
-        print("hierarchical: " + ("the CPU kernels of heads/kernels.cpp (hierarchical[matmuls]: the batched "
+        print("hierarchical: " + ("the CPU kernels of heads/speed/kernels.cpp (hierarchical[matmuls]: the batched "
                                   "matmuls, side by side)" if args.on_kernels else "batched matmuls"), flush=True)
     rates = machine_rates(args.device)
     args.madds_per_byte = rates["madds_per_s"] / rates["bytes_per_s"]

@@ -19,10 +19,9 @@ import torch
 
 import heads
 from common.cli import ArgumentParser, guard
-from heads.sparse import build_optimizer
+from training import optim
 
-OPTIMIZERS = {"sgd": lambda g, lr: torch.optim.SGD(g, lr=lr, momentum=0.9, nesterov=True),
-              "adamw": lambda g, lr: torch.optim.AdamW(g, lr=lr, betas=(0.9, 0.999))}
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def make_data(num_classes: int, dim: int, per_class: int, noise: float, seed: int = 0):
@@ -42,8 +41,7 @@ def train_head(name: str, dense: bool, data, args) -> dict:
     torch.manual_seed(0)
     hp = {"num_sampled": min(args.num_sampled, c - 1)} if name == "sampled" else {}
     head = heads.create_head(name, d, c, **hp, **({"dense": True} if dense else {}))
-    opt = build_optimizer(head, lambda groups: OPTIMIZERS[args.optimizer](groups, args.lr), args.optimizer,
-                          lr=args.lr, momentum=0.9, nesterov=args.optimizer == "sgd", weight_decay=args.weight_decay)
+    opt = optim.build(head, args.optimizer, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     steps = args.epochs * (len(y) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1) \
         if args.optimizer == "sgd" else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)

@@ -17,7 +17,7 @@ from typing import Callable
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-Pair = tuple[str, str]
+from search_spaces._registry import Pair
 
 
 def pair_of(config: dict) -> Pair:

@@ -1,4 +1,4 @@
-"""The heads' CPU kernels (heads/kernels.cpp), compiled on first use and cached on disk.
+"""The heads' CPU kernels (heads/speed/kernels.cpp), compiled on first use and cached on disk.
 `make install` builds them ahead (`main`: build or find them, say where).
 
 `compiled()` returns the compiled module, or None where it cannot be built (no C++ compiler)
@@ -7,7 +7,7 @@ or `HEADSWEEP_CPU_KERNELS=0` turns it off. What uses it, and what runs without i
   (CUDA, bf16) and without it, PyTorch's batched matmuls (the same results, several times
   slower on CPU; heads/hierarchical.py);
 - the lazy optimizer's update of many runs of rows (`over_runs`: one parallel region, each
-  thread running PyTorch's own kernels on its share of the runs; heads/sparse.py); without it,
+  thread running PyTorch's own kernels on its share of the runs; heads/speed/sparse.py); without it,
   one kernel per run, each waking the other threads.
 
 PyTorch's `torch.utils.cpp_extension` does the build with ninja: about 30 s once per machine (a

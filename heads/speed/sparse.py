@@ -29,14 +29,13 @@ is the cost. Here:
   checkpoint see a single optimizer;
 - `one_thread` and `on_one_thread` run a few hundred rows' worth of work on the calling CPU
   thread: a step over so few rows is a few dozen ops of a few hundred KB each, and waking the
-  other OpenMP threads for every op costs more than they save (sampled's whole training step,
-  k = 64 at C = 1e5 on the 2-core dev machine: 2.6 ms with the process on one thread against
-  5.4 ms on two; with these, 3.0 ms on two). From about 1e6 elements two threads win (k = 2048:
-  29 ms on one against 22 ms on two), hence `SMALL`;
+  other OpenMP threads for every op costs more than they save; from about 1e6 elements two
+  threads win, hence `SMALL` (the measured steps: README);
 - many runs of rows (a hierarchical head's groups) are updated in one parallel region, the runs
   shared between the threads by size and each run's kernel on its thread (`_each_run`, the CPU
-  kernels' `over_runs`): one kernel per run woke the other threads once per run (226 runs of
-  2 MB at C = 1e6: 40 against 46 ms for the update).
+  kernels' `over_runs`): one kernel per run woke the other threads once per run (README).
+The optimizer table (training/optim.py) splits a model's parameters (`split_parameters`) and
+chains its dense optimizer with `LazyRows` for the row-sparse ones (`Chained`).
 """
 from __future__ import annotations
 
@@ -50,7 +49,7 @@ from torch.optim.adamw import adamw
 from torch.optim.rmsprop import rmsprop
 from torch.optim.sgd import sgd
 
-from heads import kernels
+from heads.speed import kernels
 from heads.base import Head
 
 RULES = ("sgd", "adam", "adamw", "rmsprop")
@@ -243,7 +242,7 @@ class LazyRows(torch.optim.Optimizer):
 def _each_run(update, lengths: list[int], device: torch.device, numel: int) -> None:
     """update(lo, hi): the lazy rule on runs [lo, hi) of rows (`lengths` rows each, `numel` values
     in all). With the CPU kernels and more than `SMALL` values, the runs are shared between the
-    threads by size, each share's kernels on its thread, in one parallel region (`heads.kernels`
+    threads by size, each share's kernels on its thread, in one parallel region (`heads.speed.kernels`
     `over_runs`); otherwise one kernel per run, on one thread when the runs are short (`SMALL_RUN`)."""
     threads, compiled = torch.get_num_threads(), kernels.compiled() if device.type == "cpu" else None
     if compiled is None or threads == 1 or len(lengths) == 1 or numel <= SMALL:
@@ -383,14 +382,3 @@ def decay_groups(params: list, weight_decay: float) -> list[dict]:
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
-
-
-def build_optimizer(module: torch.nn.Module, make_dense, rule: str, lr: float, momentum: float, nesterov: bool,
-                    weight_decay: float) -> torch.optim.Optimizer:
-    """`make_dense(groups)` for the dense parameters; with row-sparse ones, chained with LazyRows(rule)."""
-    dense, sparse = split_parameters(module)
-    dense_opt = make_dense(decay_groups(dense, weight_decay)) if dense else None
-    if not sparse:
-        return dense_opt
-    lazy = LazyRows(decay_groups(sparse, weight_decay), rule=rule, lr=lr, momentum=momentum, nesterov=nesterov)
-    return Chained(dense_opt, lazy)

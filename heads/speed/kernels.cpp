@@ -1,4 +1,4 @@
-// The heads' CPU kernels, built by heads/kernels.py. Two parts:
+// The heads' CPU kernels, built by heads/speed/kernels.py. Two parts:
 //
 // 1. The grouped hierarchical softmax (heads/hierarchical.py). A batch's examples fall into U of
 // the K groups; each group's class rows are one contiguous run of the (C, d) weight. Per group
@@ -14,7 +14,7 @@
 // split between the threads (at::parallel_for, PyTorch's OpenMP); an example belongs to one
 // group, so its input gradient is written by one thread.
 //
-// 2. `over_runs`: the lazy optimizer's update of many runs of rows (heads/sparse.py) in one
+// 2. `over_runs`: the lazy optimizer's update of many runs of rows (heads/speed/sparse.py) in one
 // parallel region, each thread calling back into Python for its share of the runs. Inside the
 // region PyTorch runs every kernel on its calling thread (at::in_parallel_region), so each run's
 // update is PyTorch's own fused kernel on one thread, where one kernel per run from Python
@@ -36,7 +36,7 @@ namespace {
 using at::Tensor;
 
 // Work (weight values streamed) up to which a call runs on the calling thread: waking the other
-// OpenMP threads costs more than they save on a few hundred KB (heads/sparse.py's SMALL).
+// OpenMP threads costs more than they save on a few hundred KB (heads/speed/sparse.py's SMALL).
 constexpr int64_t kSerialBelow = int64_t(1) << 19;
 
 // logits[ex[i], j] = x[ex[i]] . w[j] + bias[j] for the `rows` rows of one group and its n examples.

@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	-$(PY) -c 'import heads.speed.kernels as k; raise SystemExit(k.main())'
 	touch $@
 
-.PHONY: install demo test test-fast train-smoke bench study study-gpu
+.PHONY: install demo test test-fast train-smoke bench study study-gpu gpu-check
 install: $(VENV)/.installed
 
 # The main job on a small default: the `smoke` search on generated data, then the retrain of
@@ -53,3 +53,8 @@ train-smoke: install
 bench: install
 	$(PY) -m tools.train_bench --data-dir $(DATA_DIR) --arch cnn_base
 	$(PY) -m tools.heads_bench --classes 100,1000,10000,100000,1000000 --dim 512 --batch 256 --with-dense
+
+# On a lent GPU machine: the CUDA test, the training benchmark of resnet18 / vit_tiny / airnet, packing
+# and a 2-epoch vit_heads search, under 8 minutes, into results/gpu-check/gpu-check.json. Refuses without CUDA.
+gpu-check: install
+	$(PY) -m tools.gpu_check --out results/gpu-check

@@ -39,7 +39,8 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, cpus_per_node: list[int]):
+    def __init__(self, cpus_per_node: list[int], gpus_per_node: int = 0):
+        """`gpus_per_node`: GPUs each node declares to Ray (fake ones on a machine without any)."""
         # Short: Ray's Unix sockets live under it (a path limit of 107 characters).
         self.temp = Path(tempfile.mkdtemp(prefix="hs-ray-", dir="/tmp"))
         self.token_file = self.temp / "auth_token"
@@ -50,7 +51,7 @@ class LocalCluster:
         self.env.pop("RAY_AUTH_TOKEN", None)
         self.env.pop("RAY_ADDRESS", None)
         self.procs: list[subprocess.Popen] = []
-        self.cpus_per_node = cpus_per_node
+        self.cpus_per_node, self.gpus_per_node = cpus_per_node, gpus_per_node
 
     @property
     def address(self) -> str:
@@ -74,7 +75,7 @@ class LocalCluster:
 
     def _start(self, timeout: float) -> None:
         for i, cpus in enumerate(self.cpus_per_node):
-            common = ["--block", f"--num-cpus={cpus}", "--num-gpus=0",
+            common = ["--block", f"--num-cpus={cpus}", f"--num-gpus={self.gpus_per_node}",
                       f"--resources={json.dumps({f'node_{i}': 1})}", f"--dashboard-agent-listen-port={free_port()}",
                       f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
             if i == 0:

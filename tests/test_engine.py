@@ -115,3 +115,100 @@ def test_label_smoothing_refused_by_heads_that_cannot_smooth(fake_dir):
     cfg = TrainConfig(arch="cnn_base", head="sampled", epochs=1, batch_size=64, label_smoothing=0.1)
     with pytest.raises(ValueError, match=r"label_smoothing=0.1: head SampledSoftmaxHead supports only 0"):
         engine.fit(cfg, _split(fake_dir))
+
+
+# ----------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("caps,expected", [({"amx_bf16": True, "avx512_bf16": True}, "bf16"),
+                                           ({"amx_bf16": False, "avx512_bf16": True}, "bf16"),
+                                           ({"amx_bf16": False, "avx512_bf16": False}, "fp32"), ({}, "fp32")])
+def test_amp_auto_picks_bf16_only_on_a_cpu_with_a_bf16_path(monkeypatch, caps, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    cpu = torch.device("cpu")
+    assert engine.precision("auto", cpu) == expected
+    assert engine.precision("fp32", cpu) == "fp32" and engine.precision("bf16", cpu) == "bf16"  # forced
+
+
+def test_amp_auto_picks_bf16_on_cuda_where_the_gpu_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert engine.precision("auto", torch.device("cuda")) == expected
+
+
+def test_a_bad_amp_value_is_refused():
+    with pytest.raises(ValueError, match=r"config key 'amp'='fp16' is out of range: must be one of \('auto', 'bf16', "
+                                         r"'fp32'\)"):
+        TrainConfig.from_dict({"amp": "fp16"})
+
+
+@pytest.mark.parametrize("head", heads.list_heads())
+def test_every_head_trains_and_evaluates_under_bf16_with_fp32_losses(head):
+    torch.manual_seed(0)
+    body = torch.nn.Linear(12, 16)
+    small = {"num_sampled": 8} if head == "sampled" else {}  # k < C = 40
+    h = heads.create_head(head, 16, 40, hierarchy=torch.arange(40) % 5, **small)
+    x, y = torch.randn(32, 12), torch.randint(0, 40, (32,))
+    with engine.autocast("bf16", torch.device("cpu")):
+        features = body(x)
+        assert features.dtype == torch.bfloat16  # the backbone runs bf16
+        loss = h.loss(features, y)
+        log_p = h.log_prob(features)
+        pred = h.predict(features)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in (*body.parameters(), *h.parameters()) if p.grad is not None]
+    assert grads and all(torch.isfinite(g.to_dense() if g.is_sparse else g).all() for g in grads)
+    assert log_p.dtype == torch.float32 and log_p.shape == (32, 40)
+    torch.testing.assert_close(log_p.exp().sum(1), torch.ones(32), atol=1e-4, rtol=0)
+    assert pred.shape == (32,) and int(pred.max()) < 40
+
+
+def test_bf16_and_fp32_losses_are_close_on_a_fixed_batch(fake_dir):
+    losses = {}
+    for amp in ("fp32", "bf16"):
+        run = engine.build_run(TrainConfig(arch="cnn_bn4", batch_size=64, device="cpu", amp=amp), _split(fake_dir))
+        x, y = next(iter(run.train_loader))
+        assert run.trained.precision == amp
+        losses[amp] = [float(engine.train_step(run, x, y)) for _ in range(3)]  # the same batch, three steps
+    assert losses["fp32"] == pytest.approx(losses["bf16"], rel=0.02)
+    assert losses["fp32"][2] < losses["fp32"][0]  # the steps learn, so the comparison covers updated weights
+
+
+def test_each_epoch_and_the_summary_record_the_precision(fake_dir):
+    result = engine.fit(TrainConfig(arch="cnn_base", epochs=1, batch_size=64, device="cpu", amp="fp32"),
+                        _split(fake_dir))
+    assert result.history[-1]["precision"] == "fp32" and result.trained.precision == "fp32"
+
+
+def test_flip_tta_averages_the_two_distributions(fake_dir):
+    split = _split(fake_dir)
+    result = engine.fit(TrainConfig(arch="cnn_base", epochs=1, batch_size=64, device="cpu", amp="fp32"), split)
+    t = result.trained
+    loader = t.loader(split.x_val, split.y_val)
+    both = engine.evaluate(t, loader, return_log_probs=True)
+    plain = engine.evaluate(t, loader, return_log_probs=True, tta=False)
+    with torch.no_grad():
+        t.model.eval()
+        x = torch.cat([b for b, _ in loader])
+        flipped = t.model.head.log_prob(t.forward(x.flip(3))).float().numpy()
+    expected = torch.logaddexp(torch.from_numpy(plain["log_probs"]), torch.from_numpy(flipped)) - math.log(2)
+    torch.testing.assert_close(torch.from_numpy(both["log_probs"]), expected, atol=1e-5, rtol=0)
+    cfg = TrainConfig(arch="cnn_base", epochs=1, batch_size=64, device="cpu", amp="fp32", tta_flip=False)
+    off = engine.fit(cfg, split).trained
+    assert not engine.tta_flip(cfg, off)
+    no_flip = TrainConfig(arch="cnn_base", epochs=1, batch_size=64, device="cpu", flip=False)
+    assert not engine.tta_flip(no_flip, engine.fit(no_flip, split).trained)  # trained without flips: no flip TTA
+
+
+def test_airnet_whitening_filters_decorrelate_the_training_patches(fake_dir):
+    import models
+
+    net = models.create_model("airnet")
+    x = torch.randn(64, 3, 16, 16) @ torch.randn(16, 16) * 3 + 1  # correlated, not unit-scale pixels
+    net.data_init(x)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(x, net.whiten.weight[:12])  # the first half; the rest are their negations
+    cov = torch.cov(out.permute(1, 0, 2, 3).reshape(12, -1))
+    torch.testing.assert_close(cov, torch.eye(12), atol=0.05, rtol=0)
+    torch.testing.assert_close(net.whiten.weight[12:], -net.whiten.weight[:12])
+    assert not net.whiten.weight.requires_grad  # fixed after the init, as in airbench

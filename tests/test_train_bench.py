@@ -84,3 +84,24 @@ def test_packed_trials_run_at_once_and_are_both_reported(tmp_path, capsys):
     assert list(both["threads"]) == [max(1, (os.cpu_count() or 1) // 2)] * 2  # each on its own CPU share
     out = capsys.readouterr().out
     assert "2 trial(s) at once: " in out and "x one trial" in out and "WARNING" not in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_the_gpu_check_refuses_to_start_without_cuda(capsys, tmp_path):
+    from clitest import assert_one_line
+    from tools import gpu_check
+
+    assert_one_line(gpu_check.main(["--out", str(tmp_path / "g")]), capsys.readouterr().err,
+                    "the GPU check needs CUDA, and this machine has none")
+    assert not (tmp_path / "g").exists()  # refused before anything is written
+
+
+def test_the_gpu_check_plan_covers_what_the_issue_asks_within_its_budget(tmp_path):
+    from tools import gpu_check
+
+    plan = gpu_check.steps(tmp_path)
+    names = [name for name, _, _ in plan]
+    assert names == ["cuda", "bench_resnet18", "bench_vit_tiny", "bench_airnet", "pack_2", "pack_4", "search"]
+    assert sum(seconds for _, _, seconds in plan) <= 8 * 60
+    search = plan[-1][1]
+    assert search[search.index("--gpus-per-trial") + 1] == "0.25" and {"num_samples=8", "epochs=2"} <= set(search)

@@ -205,8 +205,9 @@ def tta_flip(cfg: TrainConfig, trained: Trained) -> bool:
 
 
 @torch.no_grad()
-def evaluate(trained: Trained, loader: DeviceLoader, return_log_probs: bool = False) -> dict:
-    """Mean NLL, top-1 and top-5 accuracy of the full distribution (log_prob) over `loader`."""
+def evaluate(trained: Trained, loader: DeviceLoader, return_log_probs: bool = False, tta: bool = True) -> dict:
+    """Mean NLL, top-1 and top-5 accuracy of the full distribution (log_prob) over `loader`; with the
+    flip test-time augmentation where the config asks for it (`tta=False`: never)."""
     model, cfg = trained.model, trained.cfg
     model.eval()
     nll = torch.zeros((), device=loader.device, dtype=torch.float64)
@@ -214,7 +215,7 @@ def evaluate(trained: Trained, loader: DeviceLoader, return_log_probs: bool = Fa
     outputs = []
     for x, y in loader:
         log_p = _log_prob(trained, x)
-        if tta_flip(cfg, trained):  # the mean of the two distributions, still normalised
+        if tta and tta_flip(cfg, trained):  # the mean of the two distributions, still normalised
             log_p = torch.logaddexp(log_p, _log_prob(trained, x.flip(3))) - math.log(2)
         nll += -log_p.gather(1, y[:, None]).sum()
         best = log_p.topk(min(5, log_p.shape[1]), dim=1).indices

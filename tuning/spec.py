@@ -13,10 +13,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from search_spaces._registry import DataInfo, Pair, Space, sample_config
 from search_spaces.spaces import baseline
-from training import data
+from training import data, engine
 from training.config import TrainConfig
 from tuning.folder import ExperimentFolder
 
@@ -90,7 +91,16 @@ def make_spec(args: argparse.Namespace, space: Space, ds: data.Dataset) -> dict:
             "dataset": dataset_spec(ds, None if space.resolved_settings()["fake_data"] else args.data_dir),
             "data_dir": str(args.data_dir), "argv": args.argv, "versions": {"python": platform.python_version(),
                                                                                **versions},
-            "git_sha": _git_sha(), "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "git_sha": _git_sha(), "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "precision": precision_spec(space.constants.get("amp", "auto"))}
+
+
+def precision_spec(amp: str) -> dict:
+    """The amp setting and what it resolves to on this host's devices (each trial records its own too)."""
+    on = {"cpu": engine.precision(amp, torch.device("cpu"))}
+    if torch.cuda.is_available():
+        on["cuda"] = engine.precision(amp, torch.device("cuda"))
+    return {"amp": amp, "on_this_host": on}
 
 
 def load_dataset(space: Space, data_dir: str) -> data.Dataset:

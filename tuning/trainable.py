@@ -46,8 +46,8 @@ def _restore_state() -> dict | None:
 
 def _report(metrics: dict, get_state) -> None:
     # The node that ran the epoch: on one machine with several Ray nodes, node_ip and hostname are
-    # the same for all, the node id is not.
-    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+    # the same for all, the node id is not. The GPUs Ray gave the trial, as it gave them.
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": _gpu_ids()}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(get_state(), Path(folder) / STATE_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -57,6 +57,19 @@ def trial_threads() -> int:
     """Torch threads for this trial: its share of the CPUs (at least one). Packed trials then use
     the cores they were given, not all of them each (oversubscribed OpenMP threads slow all)."""
     return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
+
+
+def _gpu_ids() -> str:
+    return ",".join(str(i) for i in ray.get_gpu_ids())
+
+
+def _device_note(cfg: TrainConfig) -> TrainConfig:
+    """A trial given GPUs on a machine where CUDA is absent trains on the CPU and says so, once."""
+    if _gpu_ids() and not torch.cuda.is_available() and (cfg.device == "auto" or cfg.device.startswith("cuda")):
+        print(f"trial has GPU(s) {_gpu_ids()} from Ray, but CUDA is not available here: training on the CPU",
+              file=sys.stderr, flush=True)
+        cfg.device = "cpu"
+    return cfg
 
 
 def train_trial(config: dict, split: Split) -> None:
@@ -69,7 +82,7 @@ def train_trial(config: dict, split: Split) -> None:
     except ValueError as exc:
         return _config_error(exc)
     try:
-        engine.fit(cfg, split, on_epoch=_report, state=_restore_state())
+        engine.fit(_device_note(cfg), split, on_epoch=_report, state=_restore_state())
     except ConfigError as exc:
         return _config_error(exc)
 

@@ -145,6 +145,7 @@ def _on_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and kernels.compiled() is not None
 
 
+BF16_ON_KERNELS = True  # bf16 features on the CPU take the fp32 kernels (cast), not the bf16 batched matmuls
 EVERY_GROUP_SHARE = 0.4  # the share of groups present above which predict reads every group (measured: README)
 
 
@@ -179,6 +180,8 @@ def class_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grou
     bias gradients are row-sparse, or dense C x d tensors with `dense`. `predict`: no gradients are
     needed, so every group's block may be read in place. `cpu_kernels=False` takes the batched
     matmuls on the CPU too (the same results; for comparison)."""
+    if cpu_kernels and BF16_ON_KERNELS and x.dtype == torch.bfloat16 and _on_kernels(x.float(), weight):
+        x = x.float()  # bf16 autocast on the CPU: the fp32 kernels beat bf16 batched matmuls (README)
     if cpu_kernels and _on_kernels(x, weight):
         return _KernelLogits.apply(x, weight, bias, group, offset, size, width, dense)
     if predict:

@@ -99,6 +99,7 @@ def test_committed_notebook_is_stored_with_its_outputs():
     assert sum("image/png" in o.get("data", {}) for c in code for o in c.outputs) == 2
 
 
+@pytest.mark.slow  # the stage is a subprocess (the search's command line)
 def test_a_failed_stage_keeps_what_ran_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     bad = study.Scale("bad", "a search that refuses its input", (study.Part("p", ("--space", "smoke", "--set",
                                                                             "nonsense=1")),), (), fake_data=True)

@@ -18,8 +18,8 @@ step spent in data, forward, backward and optimizer (a separate pass that syncs 
 phases), and the model FLOP utilisation: FLOPs per image of a training step (forward +
 backward, counted by `torch.utils.flop_counter`) x images/s / peak. The peak is the device's
 bf16 dense peak on CUDA (a table of common GPUs; --peak-tflops overrides) and, on CPU, this
-machine's measured matmul rate in the variant's precision (fp32, or bf16 for the bf16 variants). On CPU the command re-runs itself with passive OpenMP
-waiting. Writes train_bench.csv into --out.
+machine's measured matmul rate in the variant's precision (fp32, or bf16 for the bf16 variants).
+On CPU the command re-runs itself with passive OpenMP waiting. Writes train_bench.csv into --out.
 
 `--trials N` packs instead: one trial alone, then N identical trials at once through Ray, each
 on its share of the CPUs (and 1/N of the GPU), the engine's default path; it prints each

@@ -6,6 +6,10 @@ that hook to report and checkpoint, the CLI to print. It returns the history and
 `Trained` record (model, the forward it trained with, device, normalisation), which
 `evaluate` takes. The loss is read from the device once per epoch (no per-step host
 sync). A non-finite loss ends the run with status "diverged" and a reason, not an exception.
+Precision: `cfg.amp` resolves per device (`precision`): bf16 autocast on CUDA and on CPUs with a
+bf16 path in hardware, fp32 elsewhere; heads compute losses and log-probabilities in fp32. A
+backbone with `data_init(images)` (airnet's whitening filters) gets the training images first.
+`evaluate` averages each image's and its mirror image's distributions (flip TTA) where asked.
 """
 from __future__ import annotations
 

@@ -212,3 +212,11 @@ def test_airnet_whitening_filters_decorrelate_the_training_patches(fake_dir):
     torch.testing.assert_close(cov, torch.eye(12), atol=0.05, rtol=0)
     torch.testing.assert_close(net.whiten.weight[12:], -net.whiten.weight[:12])
     assert not net.whiten.weight.requires_grad  # fixed after the init, as in airbench
+
+
+def test_amp_auto_keeps_a_backbone_measured_slower_in_bf16_on_the_cpu_in_fp32(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    cpu = torch.device("cpu")
+    assert engine.precision("auto", cpu, "efficientnet_b0") == "fp32"  # its entry: cpu_bf16=False
+    assert engine.precision("auto", cpu, "airnet") == "bf16"
+    assert engine.precision("bf16", cpu, "efficientnet_b0") == "bf16"  # forced, it is bf16

@@ -105,3 +105,9 @@ def test_the_gpu_check_plan_covers_what_the_issue_asks_within_its_budget(tmp_pat
     assert sum(seconds for _, _, seconds in plan) <= 8 * 60
     search = plan[-1][1]
     assert search[search.index("--gpus-per-trial") + 1] == "0.25" and {"num_samples=8", "epochs=2"} <= set(search)
+
+
+def test_the_fp32_channels_last_variant_is_channels_last_without_bf16():
+    v = bench.variant("fp32_channels_last")
+    assert (v.precision, v.channels_last, v.compile, v.torchvision) == ("fp32", True, False, False)
+    assert bench.variant("channels_last").precision == "bf16" and bench.variant("channels_last", False).precision == "fp32"

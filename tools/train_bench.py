@@ -10,6 +10,7 @@ Variants, each adding to the one before (one that does not apply here is skipped
                  variants after it stay fp32)
   channels_last  + NHWC memory layout
   compile        + torch.compile of the backbone
+  fp32_channels_last  (by name only) channels_last in fp32: beside `channels_last`, bf16's own gain
 Every variant runs the engine's own training step (`engine.train_step`: the head's loss, the
 backward, the config's optimizer and lr schedule) on the same model, batch size and data. The
 variants take turns (A B C A B C ...) over --repeats rounds of --steps timed steps; the table
@@ -48,6 +49,7 @@ from training.config import TrainConfig
 from training.loader import channel_stats
 
 VARIANTS = ("recipe", "device_loader", "bf16", "channels_last", "compile")
+FP32_CHANNELS_LAST = "fp32_channels_last"  # not in the chain: channels_last without bf16, asked for by name
 PHASES = ("data", "forward", "backward", "optimizer")
 # bf16 dense tensor-core peaks, TFLOP/s (vendor data sheets; no sparsity). Matched in order, by name.
 GPU_PEAKS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0), ("A100", 312.0),
@@ -66,6 +68,8 @@ class Variant:
 
 def variant(name: str, bf16: bool = True) -> Variant:
     """The variant `name`; `bf16`: whether this device has a fast bf16 path (else every variant is fp32)."""
+    if name == FP32_CHANNELS_LAST:  # beside `channels_last`: bf16's own gain in the default layout
+        return Variant(name, torchvision=False, precision="fp32", channels_last=True, compile=False)
     upto = VARIANTS.index(name)
     return Variant(name, torchvision=name == "recipe", precision="bf16" if bf16 and upto >= 2 else "fp32",
                    channels_last=upto >= 3, compile=upto >= 4)
@@ -295,9 +299,9 @@ def check_args(args) -> None:
         raise ValueError(f"--trials={args.trials} must be in [0, {os.cpu_count() or 1}] (a trial needs a CPU)")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise ValueError(f"--peak-tflops={args.peak_tflops} must be > 0")
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    unknown = [v for v in args.variants.split(",") if v not in (*VARIANTS, FP32_CHANNELS_LAST)]
     if unknown:
-        raise ValueError(f"--variants: {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
+        raise ValueError(f"--variants: {unknown[0]!r} is not one of {', '.join((*VARIANTS, FP32_CHANNELS_LAST))}")
     TrainConfig.from_dict(dict(arch=args.arch, head=args.head, batch_size=args.batch_size))  # names checked
 
 

@@ -98,12 +98,15 @@ def cpu_has_fast_bf16() -> bool:
     return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
 
 
-def precision(amp: str, device: torch.device) -> str:
-    """What `amp` resolves to on `device`: "bf16" or "fp32"."""
+def precision(amp: str, device: torch.device, arch: str | None = None) -> str:
+    """What `amp` resolves to on `device` (for backbone `arch`): "bf16" or "fp32". A backbone whose
+    registry entry says `cpu_bf16=False` (measured slower in bf16 on the CPU) stays fp32 there."""
     if amp != "auto":
         return amp
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if arch is not None and not models.MODELS.meta(arch).get("cpu_bf16", True):
+        return "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
 
 
@@ -165,7 +168,7 @@ def build_run(cfg: TrainConfig, split: Split) -> _Run:
     steps = len(train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps))
     forward = torch.compile(model.backbone) if cfg.compile else model.backbone
-    trained = Trained(cfg, model, forward, device, stats, precision(cfg.amp, device),
+    trained = Trained(cfg, model, forward, device, stats, precision(cfg.amp, device, cfg.arch),
                       train.augment and train.flip)
     return _Run(trained, train, optimizer, scheduler)
 

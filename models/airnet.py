@@ -45,7 +45,7 @@ class AirNet(nn.Module):
     def __init__(self, in_chans: int = 3, img_size: int = 32, widths: Sequence[int] = (64, 256, 256),
                  convs_per_group: int = 2):
         super().__init__()
-        if img_size // 2 ** len(widths) < 1:  # the whitening conv takes one pixel off; pools halve the rest
+        if (img_size - 1) // 2 ** len(widths) < 1:  # the whitening conv takes one pixel off; pools halve the rest
             raise ValueError(f"{len(widths)} conv groups need img_size >= {2 ** len(widths) + 1}, got {img_size}")
         if any(w < 1 for w in widths) or convs_per_group < 1:
             raise ValueError(f"widths={list(widths)} and convs_per_group={convs_per_group} must all be >= 1")

@@ -193,6 +193,7 @@ def test_flip_tta_averages_the_two_distributions(fake_dir):
         flipped = t.model.head.log_prob(t.forward(x.flip(3))).float().numpy()
     expected = torch.logaddexp(torch.from_numpy(plain["log_probs"]), torch.from_numpy(flipped)) - math.log(2)
     torch.testing.assert_close(torch.from_numpy(both["log_probs"]), expected, atol=1e-5, rtol=0)
+    assert both["acc_without_tta"] == plain["acc"] == plain["acc_without_tta"]  # read off the same pass
     cfg = TrainConfig(arch="cnn_base", epochs=1, batch_size=64, device="cpu", amp="fp32", tta_flip=False)
     off = engine.fit(cfg, split).trained
     assert not engine.tta_flip(cfg, off)
@@ -220,3 +221,11 @@ def test_amp_auto_keeps_a_backbone_measured_slower_in_bf16_on_the_cpu_in_fp32(mo
     assert engine.precision("auto", cpu, "efficientnet_b0") == "fp32"  # its entry: cpu_bf16=False
     assert engine.precision("auto", cpu, "airnet") == "bf16"
     assert engine.precision("bf16", cpu, "efficientnet_b0") == "bf16"  # forced, it is bf16
+
+
+def test_airnet_refuses_an_image_its_whitening_conv_and_pools_would_shrink_to_nothing():
+    import models
+
+    with pytest.raises(ValueError, match="3 conv groups need img_size >= 9, got 8"):
+        models.create_model("airnet", img_size=8)
+    assert models.create_model("airnet", img_size=9)(torch.randn(2, 3, 9, 9)).shape == (2, 256)

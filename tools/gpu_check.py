@@ -3,7 +3,7 @@
     make gpu-check          # on the GPU machine; writes results/gpu-check/gpu-check.json
 
 Steps, each with its own time limit (the whole run stays under `--budget-s`, 8 minutes by default):
-1. cuda     the engine on CUDA: bf16 autocast, channels_last and torch.compile train two epochs;
+1. cuda     the engine on CUDA: bf16 autocast, channels_last and torch.compile train the smoke run;
 2. bench    `tools.train_bench` for resnet18, vit_tiny and airnet: device loader, bf16, channels_last,
             compile, side by side (images/s, MFU against the GPU's bf16 peak);
 3. pack     `tools.train_bench --trials 2` and `--trials 4`: 1, 2 and 4 trials sharing the GPU;

@@ -214,15 +214,17 @@ def tta_flip(cfg: TrainConfig, trained: Trained) -> bool:
 @torch.no_grad()
 def evaluate(trained: Trained, loader: DeviceLoader, return_log_probs: bool = False, tta: bool = True) -> dict:
     """Mean NLL, top-1 and top-5 accuracy of the full distribution (log_prob) over `loader`; with the
-    flip test-time augmentation where the config asks for it (`tta=False`: never)."""
-    model, cfg = trained.model, trained.cfg
+    flip test-time augmentation where the config asks for it (`tta=False`: never), and then also the
+    top-1 accuracy of the plain images alone (`acc_without_tta`), read off the same pass."""
+    model, flip = trained.model, tta and tta_flip(trained.cfg, trained)
     model.eval()
     nll = torch.zeros((), device=loader.device, dtype=torch.float64)
-    top1, top5 = torch.zeros_like(nll), torch.zeros_like(nll)
+    top1, top5, plain1 = torch.zeros_like(nll), torch.zeros_like(nll), torch.zeros_like(nll)
     outputs = []
     for x, y in loader:
         log_p = _log_prob(trained, x)
-        if tta and tta_flip(cfg, trained):  # the mean of the two distributions, still normalised
+        if flip:  # the mean of the two distributions, still normalised
+            plain1 += (log_p.argmax(1) == y).sum()
             log_p = torch.logaddexp(log_p, _log_prob(trained, x.flip(3))) - math.log(2)
         nll += -log_p.gather(1, y[:, None]).sum()
         best = log_p.topk(min(5, log_p.shape[1]), dim=1).indices
@@ -232,6 +234,7 @@ def evaluate(trained: Trained, loader: DeviceLoader, return_log_probs: bool = Fa
             outputs.append(log_p.cpu())
     n = loader.num_images
     result = {"loss": nll.item() / n, "acc": top1.item() / n, "top5": top5.item() / n}
+    result["acc_without_tta"] = plain1.item() / n if flip else result["acc"]
     if return_log_probs:
         result["log_probs"] = torch.cat(outputs).numpy()
     return result

@@ -65,8 +65,9 @@ def _gpu_ids() -> str:
 
 def _device_note(cfg: TrainConfig) -> TrainConfig:
     """A trial given GPUs on a machine where CUDA is absent trains on the CPU and says so, once."""
-    if _gpu_ids() and not torch.cuda.is_available() and (cfg.device == "auto" or cfg.device.startswith("cuda")):
-        print(f"trial has GPU(s) {_gpu_ids()} from Ray, but CUDA is not available here: training on the CPU",
+    ids = _gpu_ids()
+    if ids and not torch.cuda.is_available() and (cfg.device == "auto" or cfg.device.startswith("cuda")):
+        print(f"trial has GPU(s) {ids} from Ray, but CUDA is not available here: training on the CPU",
               file=sys.stderr, flush=True)
         cfg.device = "cpu"
     return cfg

@@ -20,7 +20,6 @@ from analysis.compare import data_caveat, finished, versus_softmax
 from analysis.report import plot_confusion
 from analysis.results import to_parquet
 from common.status import ERROR, FINISHED, PRUNED
-from tuning.results import Results
 
 METRICS = {"accuracy": "accuracy", "top5_accuracy": "top-5", "precision_macro": "precision", "recall_macro": "recall",
            "f1_macro": "F1", "cohen_kappa": "kappa", "ece": "ECE"}
@@ -53,19 +52,23 @@ def _table(df: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- gathering
-def load_parts(scale, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """(trials, history, final, specs) of every part, with a `part` column."""
+def load_parts(scale, keep: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """(trials, history, final, specs) of every part, with a `part` column, from what the finished stages
+    left in the committed folder (`keep`, analysis.study's stages/)."""
     trials, history, finals, specs = [], [], [], {}
     for part in scale.parts:
-        exp = Results.open(work / part.name)
-        specs[part.name] = exp.spec
-        trials.append(exp.trials().assign(part=part.name))
-        history.append(exp.history().assign(part=part.name))
-        path = exp.analysis_dir / "final.parquet"
+        kept = keep / part.name
+        if not (kept / "spec.json").exists():  # its search has not ended yet
+            continue
+        specs[part.name] = json.loads((kept / "spec.json").read_text())
+        trials.append(pd.read_parquet(kept / "trials.parquet").assign(part=part.name))
+        history.append(pd.read_parquet(kept / "history.parquet").assign(part=part.name))
+        path = kept / "retrain" / "final.parquet"
         if path.exists():
             finals.append(pd.read_parquet(path).assign(part=part.name))
     final = pd.concat(finals, ignore_index=True) if finals else pd.DataFrame(columns=["part", "status"])
-    return pd.concat(trials, ignore_index=True), pd.concat(history, ignore_index=True), final, specs
+    return (pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=["part", "status"]),
+            pd.concat(history, ignore_index=True) if history else pd.DataFrame(columns=["part"]), final, specs)
 
 
 def versus_by_part(final: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -197,14 +200,14 @@ def stage_table(done: dict) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame([{"stage": "total", "wall time": f"{total / 60:.1f} min", "ended": ""}])])
 
 
-def confusion_figures(final: pd.DataFrame, work: Path, out: Path) -> list[str]:
+def confusion_figures(final: pd.DataFrame, keep: Path, out: Path) -> list[str]:
     """One figure per (part, arch, head): the fine confusion matrix summed over seeds, class names on the axes."""
     md = []
     ok = finished(final)
     for (part, arch, head), g in ok.groupby(["part", "arch", "head"], sort=False):
         if "confusion_file" not in g or g["confusion_file"].isna().any():
             continue
-        matrix = sum(np.load(work / part / "analysis" / f) for f in g["confusion_file"])
+        matrix = sum(np.load(keep / part / "retrain" / f) for f in g["confusion_file"])
         names = json.loads(g.iloc[0]["class_names"])
         path = plot_confusion(matrix, f"{part}: {arch} + {head} ({len(g)} seeds)", out, f"confusion_{part}_{arch}_{head}",
                               names)
@@ -223,7 +226,7 @@ def provenance(specs: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the document
-def report_lines(scale, trials, final, specs, bench, done, command, out: Path, work: Path) -> list[str]:
+def report_lines(scale, trials, final, specs, bench, done, command, out: Path, keep: Path) -> list[str]:
     caveats = sorted({data_caveat(s) for s in specs.values()})
     versus = versus_by_part(final)
     md = [f"# headsweep study: {scale.name} scale", "",
@@ -239,7 +242,7 @@ def report_lines(scale, trials, final, specs, bench, done, command, out: Path, w
           "## Cost: epoch time and the head's share", "",
           "Epoch time is the mean over the retrain's epochs (train+val, with the validation pass); the head's share "
           "is the share of a training step's forward + backward spent in the head, measured side by side on the "
-          "same batches (`analysis.retrain.head_time_share`).", ""]
+          "same batches (`analysis.runs.head_time_share`).", ""]
     ok = finished(final)
     cost = ok.groupby(["part", "arch", "head"], sort=False).agg(
         epoch_s=("epoch_time_s_mean", "mean"), images_per_s=("images_per_s", "mean"),
@@ -260,7 +263,7 @@ def report_lines(scale, trials, final, specs, bench, done, command, out: Path, w
            "is not the official one, at this study's budget. So the columns compare only approximately.", "",
            _table(published_table(final)), "",
            "## Confusion matrices", "", "Fine classes, summed over seeds, rows normalised.", "",
-           *confusion_figures(final, work, out),
+           *confusion_figures(final, keep, out),
            "## Wall time per stage", "", _table(stage_table(done)), "",
            "## Each part's own report", "",
            *[f"- [{p.name}]({p.name}/report.md): search budget, learning curves, ASHA rungs, parameter importance"
@@ -278,20 +281,22 @@ def structure(text: str) -> list[str]:
     return keep
 
 
-def write_results(scale, work: Path, out: Path, done: dict, command: str) -> Path:
-    trials, history, final, specs = load_parts(scale, work)
-    if out.exists():
-        shutil.rmtree(out)
+def write_results(scale, out: Path, done: dict, command: str, keep: Path) -> Path:
+    """The report and tables, made anew from what the finished stages left in `keep` (kept as it is)."""
+    trials, history, final, specs = load_parts(scale, keep)
+    for old in out.iterdir() if out.exists() else ():
+        if old != keep:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     (out / "figures").mkdir(parents=True)
-    bench_csv = work / "heads_bench" / "heads_bench.csv"
+    bench_csv = keep / "heads_bench" / "heads_bench.csv"
     bench = pd.read_csv(bench_csv) if bench_csv.exists() else None
     if bench is not None:
         shutil.copy(bench_csv, out / "heads_bench.csv")
-        shutil.copy(work / "heads_bench" / "heads_bench.png", out / "figures" / "heads_bench.png")
+        shutil.copy(keep / "heads_bench" / "heads_bench.png", out / "figures" / "heads_bench.png")
     for part in scale.parts:  # each part's own report with its figures (no checkpoints, no .npy)
-        src = work / part.name / "analysis"
+        src = keep / part.name / "report"
         if (src / "report.md").exists():
-            shutil.copytree(src, out / part.name, ignore=shutil.ignore_patterns("*.npy", "*.parquet"))
+            shutil.copytree(src, out / part.name)
     to_parquet(trials, out / "trials.parquet")
     to_parquet(history, out / "history.parquet")
     to_parquet(final, out / "final.parquet")
@@ -301,7 +306,7 @@ def write_results(scale, work: Path, out: Path, done: dict, command: str) -> Pat
             "experiments": specs, "stages": done,
             "targets": {f"{part}/{arch or 'best'}": goal for (part, arch), goal in scale.targets.items()}}
     (out / "spec.json").write_text(json.dumps(spec, indent=1, default=str))
-    md = report_lines(scale, trials, final, specs, bench, done, command, out, work)
+    md = report_lines(scale, trials, final, specs, bench, done, command, out, keep)
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path

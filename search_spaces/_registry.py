@@ -24,7 +24,9 @@ DEFAULT_SETTINGS = {
     "gpus_per_trial": 0.25,  # used only where GPUs exist
     "max_failures": 1,  # retries of a trial whose process died
     "fake_data": False,  # True: train on tiny generated data (smoke runs)
+    "sampler": "tpe",  # each pair's Optuna sampler: tpe (TPE after a random start-up) or random
 }
+SAMPLERS = ("tpe", "random")
 Pair = tuple[str, str]  # (arch, head)
 
 

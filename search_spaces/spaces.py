@@ -62,7 +62,11 @@ class RecipeTrial:
 def baseline(space: Space, data: DataInfo, pair: Pair) -> dict:
     """The first trial of a pair's study: its family's recipe plus the head's own baseline options."""
     arch, head = pair
-    trial = RecipeTrial({**models.MODELS.meta(arch)["recipe"], **heads.head_class(head).baseline(data.num_classes)})
+    recipe = dict(models.MODELS.meta(arch)["recipe"])
+    batch = space.constants.get("batch_size")
+    if batch and {"lr", "batch_size"} <= set(recipe):  # a space that fixes another batch: the same lr per image
+        recipe["lr"] *= batch / recipe["batch_size"]
+    trial = RecipeTrial({**recipe, **heads.head_class(head).baseline(data.num_classes)})
     define_by_run(space, data, pair, trial)
     return trial.params
 
@@ -106,6 +110,21 @@ def all_heads() -> Space:
                  constants={**CIFAR100, "epochs": 30},
                  settings={"num_samples": 200, "grace_period": 3, "gpus_per_trial": 0.5},
                  description="one backbone per family x every head")
+
+
+def _airnet(trial, arch, head):
+    """Nesterov SGD at one batch size (every trial takes the same steps per epoch, so trials compare at equal
+    steps): lr, momentum, weight decay, and the label smoothing and head options define_by_run adds."""
+    return suggest_training(trial, arch, head, optimizers=("sgd",), batch_sizes=(256,))
+
+
+@register_space
+def airnet_heads() -> Space:
+    return Space("airnet_heads", _airnet, ("airnet_s",),
+                 constants={**CIFAR100, "epochs": 10, "batch_size": 256, "crop_pad": 2, "pad_mode": "reflect",
+                            "warmup_epochs": 1.0},
+                 settings={"num_samples": 40, "grace_period": 2, "reduction_factor": 3, "max_concurrent": 2},
+                 description="airnet_s (the fast backbone) x every head: Nesterov SGD at batch 256")
 
 
 def _seed_cnns(trial, arch, head):

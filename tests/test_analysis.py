@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 import analysis
-from analysis import report, retrain
+from analysis import report, retrain, runs
 from analysis.metrics import classification_metrics, expected_calibration_error
 
 
@@ -153,7 +153,7 @@ def test_test_set_is_evaluated_once_per_retrained_model(fake_dir, tmp_path, monk
     ds = data.load_dataset("cifar100", fake_dir, download=False)
     config = {"arch": "cnn", "model_widths": [8], "model_fc_widths": [16], "epochs": 2, "batch_size": 64,
               "val_fraction": 0.1}
-    row = retrain.retrain_one(config, 0, data.full_train_split(ds), tmp_path, "x")
+    row = runs.retrain_one(config, 0, data.full_train_split(ds), tmp_path, "x")
     assert calls == [len(ds.y_test)]  # no validation pass, one test pass
     assert row["epochs"] == 2 and 0 <= row["accuracy"] <= 1
 

@@ -44,7 +44,11 @@ def test_tiny_study_writes_every_result(tiny):
     for figure in _figures(text):
         assert (out / figure).is_file(), figure  # every figure the report shows is there
     assert text.count("![cifar100 cnn") == 5 and "(cifar100/report.md)" in (text)
-    assert (out / "cifar100" / "report.md").is_file() and not list(out.rglob("*.npy"))  # no matrices, no weights
+    assert (out / "cifar100" / "report.md").is_file()
+    assert not [p for p in out.rglob("*.npy") if "stages" not in p.parts]  # matrices only beside their runs
+    runs = sorted(p.name for p in (out / "stages" / "cifar100" / "retrain" / "runs").iterdir())
+    assert len(runs) == 15 and runs[0].endswith("-seed0.json")  # one file per (config, seed)
+    assert list(json.loads((out / "stages" / "stages.json").read_text())) == list(spec["stages"])
 
 
 @pytest.mark.slow
@@ -79,6 +83,31 @@ def test_rerun_skips_finished_stages(tiny, capsys):
 
 
 @pytest.mark.slow
+def test_a_fresh_clone_goes_on_from_the_committed_stages_and_a_cut_retrain_runs_only_what_is_missing(tiny, capsys):
+    """A retrain stopped after some runs, on a machine without the work folder: the search and the other
+    stages are skipped, the retrain trains only the (config, seed) runs without a file."""
+    root, _ = tiny
+    out = root / "results" / "study-tiny"
+    keep = out / "stages"
+    stages = json.loads((keep / "stages.json").read_text())
+    del stages["cifar100/retrain"]  # as if stopped in the middle of the retrain ...
+    (keep / "stages.json").write_text(json.dumps(stages))
+    runs = sorted((keep / "cifar100" / "retrain" / "runs").glob("*-seed2.json"))
+    kept = {p.name: p.read_text() for p in sorted((keep / "cifar100" / "retrain" / "runs").iterdir())}
+    for p in runs[:2]:  # ... after all but two runs had finished
+        p.unlink()
+    capsys.readouterr()
+    code = study.main(["--scale", "tiny", "--work", str(root / "fresh-work"), "--out", str(root / "results")])
+    printed = capsys.readouterr().out
+    assert code == 0 and "cifar100/search: done before" in printed and "not on this machine" in printed
+    assert "13 of 15 runs finished before" in (root / "fresh-work" / "study-tiny" / "logs" /
+                                                "cifar100-retrain.log").read_text()
+    after = {p.name: p.read_text() for p in (keep / "cifar100" / "retrain" / "runs").iterdir()}
+    assert set(after) == set(kept) and all(after[n] == kept[n] for n in kept if n not in {p.name for p in runs[:2]})
+    assert len(pd.read_parquet(out / "final.parquet")) == 18
+
+
+@pytest.mark.slow
 def test_example_notebook_runs_on_the_study(tiny, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
@@ -104,13 +133,14 @@ def test_a_failed_stage_keeps_what_ran_and_says_how_to_go_on(tmp_path, monkeypat
     bad = study.Scale("bad", "a search that refuses its input", (study.Part("p", ("--space", "smoke", "--set",
                                                                             "nonsense=1")),), (), fake_data=True)
     monkeypatch.setitem(study.SCALES, "bad", bad)
-    (tmp_path / "work" / "study-bad").mkdir(parents=True)
-    (tmp_path / "work" / "study-bad" / "stages.json").write_text(json.dumps({"earlier": {"seconds": 5.0}}))
-    code = study.main(["--scale", "bad", "--work", str(tmp_path / "work")])
+    keep = tmp_path / "results" / "study-bad" / "stages"
+    keep.mkdir(parents=True)
+    (keep / "stages.json").write_text(json.dumps({"earlier": {"seconds": 5.0}}))
+    code = study.main(["--scale", "bad", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "results")])
     err = capsys.readouterr().err
     assert code == 1
     assert "p/search exited 2" in err and "unknown key" in err and "run the same command again" in err
-    assert json.loads((tmp_path / "work" / "study-bad" / "stages.json").read_text()) == {"earlier": {"seconds": 5.0}}
+    assert json.loads((keep / "stages.json").read_text()) == {"earlier": {"seconds": 5.0}}
 
 
 @pytest.mark.parametrize("argv, message", [

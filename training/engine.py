@@ -81,6 +81,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     epoch: int = 0  # epochs completed
+    on_step: Callable[[int, int], None] | None = None  # (step in epoch, steps per epoch): progress lines
 
 
 def resolve_device(name: str) -> torch.device:
@@ -196,8 +197,10 @@ def train_epoch(run: _Run) -> float:
     t = run.trained
     t.model.train()
     total = torch.zeros((), device=t.device)
-    for x, y in run.train_loader:
+    for step, (x, y) in enumerate(run.train_loader, 1):
         total += train_step(run, x, y).float()
+        if run.on_step is not None:  # counts only: no host sync
+            run.on_step(step, len(run.train_loader))
     return total.item() / len(run.train_loader)
 
 
@@ -294,12 +297,13 @@ def _epoch(run: _Run, val: DeviceLoader | None) -> dict:
 
 
 def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
-        state: dict | None = None) -> FitResult:
+        state: dict | None = None, on_step: Callable[[int, int], None] | None = None) -> FitResult:
     """Train for cfg.epochs (continuing from `state` if given) and validate after every epoch."""
     try:
         run = build_run(cfg, split)
     except ValueError as exc:  # before any training: the config (with this data) is at fault
         raise ConfigError(str(exc)) from exc
+    run.on_step = on_step
     if state is not None:
         load_state(run, state)
     val = run.trained.loader(split.x_val, split.y_val) if len(split.y_val) else None

@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 
-import optuna
 import ray
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
@@ -29,18 +28,19 @@ from tuning.callbacks import EndedTrialCheckpoints, StateManifest
 from tuning.experiment import Experiment
 from tuning.optuna_pruned import PruningAwareOptunaSearch
 from tuning.pairs import PairedSearch, PerPairASHA, trial_dirname
-from tuning.spec import TRACKERS, first_trials, mlflow_uri, study_labels
+from tuning.spec import TRACKERS, first_trials, make_sampler, mlflow_uri, study_labels, trials_per_study
 from tuning.trainable import train_trial
 
 
 def make_searcher(space: Space, exp: Experiment, info: DataInfo, seed: int, budget: str):
     """One study per pair (PairedSearch) or one joint study, each seeded and starting from its recipe."""
     s, studies = space.resolved_settings(), exp.studies()
+    trials = trials_per_study(space, budget)
 
     def study(label: str, pair: Pair | None):
         return PruningAwareOptunaSearch(
             space=functools.partial(define_by_run, space, info, pair), metric=s["metric"], mode=s["mode"],
-            sampler=optuna.samplers.TPESampler(seed=seed), storage=exp.journal_storage(),
+            sampler=make_sampler(s["sampler"], seed, label, trials), storage=exp.journal_storage(),
             study_name=studies[label], points_to_evaluate=first_trials(space, info, pair),
             max_epochs=space.max_epochs, experiment=exp.uri)
 

@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -32,12 +33,13 @@ from pathlib import Path
 
 import search_spaces
 from common.cli import ArgumentParser, check_cpus, check_gpus, guard
-from search_spaces._registry import DataInfo, Space
+from search_spaces._registry import SAMPLERS, DataInfo, Space
 from training.config import parse_assignment
 from tuning import manifest
 from tuning.experiment import Experiment
 from tuning.results import METRICS
-from tuning.spec import TRACKERS, load_dataset, make_spec, mlflow_uri, preview_configs, split_of, study_labels
+from tuning.spec import (TRACKERS, load_dataset, make_spec, mlflow_uri, preview_configs, split_of, study_labels,
+                         trials_per_study)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,10 +150,16 @@ def check_settings(s: dict, max_epochs: int) -> None:
         raise ValueError(f"metric={s['metric']!r} is not one of the reported metrics {list(METRICS)}")
     if s["reduction_factor"] < 2:
         raise ValueError(f"reduction_factor={s['reduction_factor']} must be >= 2")
-    if s["cpus_per_trial"] <= 0:
+    for key in ("cpus_per_trial", "gpus_per_trial"):  # `not x > 0` also refuses NaN; inf would wait forever
+        if isinstance(s[key], bool) or not isinstance(s[key], (int, float)) or not 0 <= s[key] < math.inf:
+            raise ValueError(f"{key}={s[key]!r} must be a finite number >= 0")
+    if not s["cpus_per_trial"] > 0:
         raise ValueError(f"cpus_per_trial={s['cpus_per_trial']} must be > 0")
-    if s["gpus_per_trial"] < 0:
-        raise ValueError(f"gpus_per_trial={s['gpus_per_trial']} must be > 0 (or omitted for CPU trials)")
+    if not isinstance(s["max_failures"], int) or isinstance(s["max_failures"], bool) or not 0 <= s["max_failures"] <= 10:
+        raise ValueError(f"max_failures={s['max_failures']!r} must be an integer from 0 to 10 (retries of a trial "
+                         "whose process died; -1, Ray's 'forever', would retry a crashing trial without end)")
+    if s["sampler"] not in SAMPLERS:
+        raise ValueError(f"sampler={s['sampler']!r} must be one of {list(SAMPLERS)}")
     if s["mode"] not in ("max", "min"):
         raise ValueError(f"mode={s['mode']!r} must be 'max' or 'min'")
 
@@ -199,7 +207,8 @@ def run_search(args: argparse.Namespace) -> int:
         print(json.dumps({**spec, "experiment": exp.uri}, indent=2, default=str))
         for label, pair in labels.items():
             print(f"study {spec['studies'][label]} ({label}; its first config is the recipe):")
-            for i, config in enumerate(preview_configs(space, info, pair, args.dry_run, args.seed)):
+            for i, config in enumerate(preview_configs(space, info, pair, args.dry_run, args.seed,
+                                                                  trials_per_study(space, args.budget))):
                 print(f"  config {i}: {json.dumps(config, default=str)}")
         return 0
     for pair in labels.values():  # bad --set values fail here, before anything is written or Ray starts

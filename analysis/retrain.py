@@ -17,8 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from common.cli import ArgumentParser, check_cpus, check_gpus, guard
+from common.cli import ArgumentParser, check_cpus, check_gpus, check_out_dir, check_reachable, guard
 from common.status import ERROR
+from training import data
+from tuning.results import Results
 
 CHOSEN_FILE = "chosen.json"  # the selected configs x seeds: a retrain can start from it alone
 
@@ -60,30 +62,35 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and not 0 <= value < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')}={value} must be a finite number >= 0")
+    if args.out:
+        check_out_dir(args.out, "--out")
+    if args.address:
+        check_reachable(args.address, "--address")
     return retrain(args)
 
 
 def retrain(args) -> int:
+    # Ray folds lines that differ only in numbers into "[repeated 2x across cluster]": each run's progress
+    # line is its own (read when ray is first imported, below)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import pandas as pd  # the heavy imports once the arguments are known: --help answers at once
     import torch
 
     from analysis.results import to_parquet
     from analysis.runs import chosen_jobs, run_tasks
-    from training import data
-    from tuning.results import Results
 
     source = Path(args.experiment)
-    if source.is_file():
-        chosen, out_dir = read_chosen(source), Path(args.out) if args.out else source.parent
-    else:
-        exp = Results.open(args.experiment)
-        chosen, out_dir = chosen_jobs(exp, args.top_k, args.seeds), Path(args.out) if args.out else exp.analysis_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = chosen.get("settings", {})
+    exp = None if source.is_file() else Results.open(args.experiment)
+    settings = read_chosen(source).get("settings", {}) if exp is None else exp.settings
     cpus = args.cpus_per_task or settings.get("cpus_per_trial", 1.0)
     if not args.address:  # more than this machine has would wait forever
         check_gpus(args.gpus_per_task, torch.cuda.device_count(), "--gpus-per-task")
         check_cpus(cpus, os.cpu_count() or 1, "this machine", "--cpus-per-task")
+    if exp is None:
+        chosen, out_dir = read_chosen(source), Path(args.out) if args.out else source.parent
+    else:
+        chosen, out_dir = chosen_jobs(exp, args.top_k, args.seeds), Path(args.out) if args.out else exp.analysis_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not source.is_file():
         (out_dir / CHOSEN_FILE).write_text(json.dumps(chosen, indent=1, default=str))
     ds = data.load_for(chosen.get("constants", {}), args.data_dir or chosen.get("data_dir") or "data",
@@ -92,7 +99,8 @@ def retrain(args) -> int:
     gpus = args.gpus_per_task if args.gpus_per_task is not None else \
         (settings.get("gpus_per_trial", 0.0) if torch.cuda.is_available() else 0.0)
     jobs = chosen["jobs"]
-    print(f"retraining {len({j['label'] for j in jobs})} configs x {args.seeds} seeds = {len(jobs)} runs on "
+    print(f"retraining {len({j['label'] for j in jobs})} configs x {len({j['seed'] for j in jobs})} seeds = "
+          f"{len(jobs)} runs on "
           f"train+val ({len(split.y_train)} images); test set: {len(split.y_test)} images, evaluated once per run",
           flush=True)
     verbosity = 0 if args.quiet else 2 if args.verbose else 1

@@ -131,8 +131,11 @@ def _retrain_task(job: dict, split, out_dir: Path, epochs: int | None, verbosity
 
     torch.set_num_threads(trial_threads())
     progress = Progress(job["label"], job["seed"], epochs or job["config"].get("epochs", 1), verbose=verbosity > 1)
-    return retrain_one(job["config"], job["seed"], split, out_dir, job["label"], epochs,
-                       on_step=progress.step if verbosity > 0 else None)
+    import ray
+
+    row = retrain_one(job["config"], job["seed"], split, out_dir, job["label"], epochs,
+                      on_step=progress.step if verbosity > 0 else None)
+    return {**row, "node_id": ray.get_runtime_context().get_node_id()}  # which machine of a cluster trained it
 
 
 def run_file(out_dir: Path, job: dict) -> Path:

@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.cli import ArgumentParser, guard
+from common.cli import ArgumentParser, check_out_dir, guard
+from tuning.results import Results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,9 @@ class Part:
     search: tuple[str, ...]  # tuning.search arguments (space, dataset, --set overrides, budget)
     seeds: int = 3
     retrain_epochs: int | None = None  # the retrain's budget (default: the searched config's epochs)
+    # softmax's best config trained once (seed 0) at each of these budgets too: with the retrain's budget, the
+    # accuracy-vs-epochs curve that says whether that budget has converged
+    curve: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ SCALES = {s.name: s for s in (
     Scale("cpu", "CIFAR-100: airnet_s (the fast backbone) x every head (8 trials per pair, then 3 seeds of each "
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
                  "way. Hours on 2 CPU cores: run it again after a stop.",
-          (Part("cifar100", _airnet_search("--num-samples", "40"), retrain_epochs=10),
+          (Part("cifar100", _airnet_search("--num-samples", "40"), retrain_epochs=10, curve=(5, 20)),
            # the seed report's Fashion-MNIST CNN (91.84%) on its own data: airnet_s + softmax, 8 trials
            Part("fashion_mnist", _airnet_search("--dataset", "fashion_mnist", "--set", "head=softmax",
                                                 "--num-samples", "8"), retrain_epochs=10)),
@@ -93,7 +97,8 @@ SCALES = {s.name: s for s in (
           ("--classes", "100,10000,100000,1000000", "--dim", "512", "--batch", "256", "--device", "cuda"),
           cpus_per_task=4.0, targets={("cifar100", "resnet18"): 0.75, ("fashion_mnist", None): 0.93}),
     Scale("tiny", "the smoke space on generated data: checks the pipeline, not the models.",
-          (Part("cifar100", ("--space", "smoke", "--set", "epochs=2", "--num-samples", "5", "--set", "grace_period=1")),
+          (Part("cifar100", ("--space", "smoke", "--set", "epochs=2", "--num-samples", "5", "--set", "grace_period=1"),
+                curve=(1, 3)),
            Part("fashion_mnist", ("--space", "smoke", "--dataset", "fashion_mnist", "--set", "head=softmax",
                                   "--set", "epochs=2", "--num-samples", "1", "--set", "grace_period=1"))),
           ("--classes", "100,1000", "--dim", "32", "--batch", "16", "--repeats", "1", "--min-time", "0.01"),
@@ -139,6 +144,13 @@ class Stages:
         return True
 
 
+def read_stages(keep: Path) -> dict:
+    path = keep / "stages.json"
+    if not path.is_file():
+        raise ValueError(f"--report-only: no stage has ended yet ({path} does not exist)")
+    return read_json(path)
+
+
 class StageFailed(RuntimeError):
     pass
 
@@ -157,13 +169,27 @@ def module(name: str, *args: str) -> list[str]:
 def publish_search(exp: Path, keep: Path) -> None:
     """A finished search's small outputs into the committed folder: its trials, history and spec."""
     from analysis.results import to_parquet
-    from tuning.results import Results
 
     results = Results.open(exp)
     keep.mkdir(parents=True, exist_ok=True)
     to_parquet(results.trials(), keep / "trials.parquet")
     to_parquet(results.history(), keep / "history.parquet")
     (keep / "spec.json").write_text(json.dumps(results.spec, indent=1, default=str))
+
+
+def curve_jobs(kept: Path, budgets: tuple[int, ...]) -> Path:
+    """<kept>/curve/chosen.json: the softmax pair's retrained config, seed 0, once per budget (epochs)."""
+    path = kept / "curve" / "chosen.json"
+    if not path.exists():
+        chosen = read_json(kept / "retrain" / "chosen.json")
+        job = next((j for j in chosen["jobs"] if j["config"]["head"] == "softmax" and j["seed"] == 0), None)
+        if job is None:
+            raise StageFailed(f"{kept.name}/curve: the retrain has no softmax run to train at other budgets")
+        chosen["jobs"] = [{"config": {**job["config"], "epochs": e}, "seed": 0, "label": f"{job['label']}-e{e}"}
+                          for e in sorted(budgets, reverse=True)]  # the longest first: two at once end together
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(chosen, indent=1))
+    return path
 
 
 def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: Path | None = None) -> dict:
@@ -184,6 +210,9 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
         stages.run(f"{part.name}/retrain", module("analysis.retrain", str(chosen if chosen.exists() else exp),
                                                  "--out", str(kept / "retrain"), "--seeds", str(part.seeds),
                                                  "--cpus-per-task", f"{scale.cpus_per_task:g}", *epochs, *data))
+        if part.curve:
+            stages.run(f"{part.name}/curve", module("analysis.retrain", str(curve_jobs(kept, part.curve)), "-q",
+                                                   "--cpus-per-task", f"{scale.cpus_per_task:g}", *data))
         if not (exp / "spec.json").exists():
             print(f"  {part.name}/report: skipped, its search's experiment is not on this machine (the study's "
                   "report is made from the committed stages alone)", flush=True)
@@ -210,11 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="./experiments", help="where the experiments and logs go (not committed)")
     p.add_argument("--out", default="./results", help="where results/study-<scale>/ is written (committed)")
     p.add_argument("--seed", type=int, default=0, help="seeds every search's sampler")
+    p.add_argument("--report-only", action="store_true",
+                   help="run no stage: write results/study-<scale>/ from the stages done so far (a partial report)")
     args = p.parse_args(argv)
     scale = SCALES[args.scale]
     if not scale.fake_data and not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir={args.data_dir}: no such folder (it must hold cifar-100-python/ and "
                          "fashion-mnist/)")
+    for flag in ("work", "out"):  # both written to; checked before hours of work
+        check_out_dir(getattr(args, flag), f"--{flag}")
     name = f"study-{scale.name}"
     work, out = Path(args.work).resolve() / name, Path(args.out).resolve() / name  # stages run from the root
     data_dir = str(Path(args.data_dir).resolve())
@@ -222,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{name}: {scale.description}\nwork folder {work}; results into {out}", flush=True)
     start = time.time()
     try:
-        done = run_study(scale, work, data_dir, args.seed, out / KEEP)
+        done = read_stages(out / KEEP) if args.report_only else run_study(scale, work, data_dir, args.seed, out / KEEP)
     except StageFailed as exc:
         print(f"error: {exc}\nrun the same command again to go on from there", file=sys.stderr)
         return 1

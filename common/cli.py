@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import pickle
+import re
+import socket
 import sys
+from pathlib import Path
 from typing import Callable
 
 WIDTH = 120  # a console line is never longer
 
 # What user input raises: a bad value or name, a missing or refused file.
 OK, NOTHING_USABLE, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, pickle.UnpicklingError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               pickle.UnpicklingError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -60,6 +65,91 @@ def check_cpus(requested: float, available: float, where: str, name: str = "cpus
         raise ValueError(f"{name}={requested:g} must be > 0")
     if requested > available:
         raise ValueError(f"{name}={requested:g} is more than the {available:g} CPUs of {where}: nothing could start")
+
+
+# ----------------------------------------------------------------------------- paths and addresses, checked up front
+def check_out_dir(path: str | Path, flag: str) -> Path:
+    """A folder the command will write into (made if missing): not a file, and writable where it is or
+    where it would be made. Checked before any work, so that nothing computed is lost at the end."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {path}: is a file; it must be a folder (made if missing)")
+    _check_writable_above(p if p.exists() else p.parent, path, flag)
+    return p
+
+
+def check_out_file(path: str | Path, flag: str) -> Path:
+    """A file the command will write at the end: not a folder, in a folder it can write."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; it must be a file name")
+    _check_writable_above(p.parent, path, flag)
+    return p
+
+
+def _check_writable_above(folder: Path, path, flag: str) -> None:
+    """`folder`, or the nearest folder above it that exists (where the missing ones would be made), is a
+    writable folder."""
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, so nothing can be made in it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {folder} is not writable")
+
+
+def check_in_file(path: str | Path, flag: str) -> Path:
+    """A file the command reads: there, a file, readable."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"{flag} {path}: no such file")
+    if not p.is_file():
+        raise ValueError(f"{flag} {path}: is a folder; it must be a file")
+    if not os.access(p, os.R_OK):
+        raise ValueError(f"{flag} {path}: not readable")
+    return p
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: str, flag: str) -> str:
+    """A name that becomes one folder: no path separators or `..` (it could not write outside its
+    root) and ASCII only (storage URIs and Ray's paths)."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{flag}={name!r}: use letters, digits, '.', '_' and '-' (not first), no '..' or '/': "
+                         "it is one folder's name")
+    return name
+
+
+def check_reachable(address: str, flag: str, timeout: float = 5.0) -> None:
+    """HOST:PORT (or ray://HOST:PORT) answers a TCP connection within `timeout` s; `auto` and other forms
+    are left to Ray. Before Ray starts: an address nobody listens at would otherwise hang the command."""
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address)
+    if not m:
+        return
+    host, port = m.group(1), int(m.group(2))
+    if not 0 < port < 65536:
+        raise ValueError(f"{flag} {address}: port {port} is not in 1..65535")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(f"{flag} {address}: nothing answers there ({exc.strerror or exc}); is the Ray cluster "
+                         "up, and is this its address?") from None
+
+
+def check_host(host: str, flag: str) -> None:
+    """A host name this machine can resolve (a server would bind to it)."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)  # getaddrinfo has no timeout of its own (a minute offline)
+    try:
+        pool.submit(socket.getaddrinfo, host, None).result(timeout=5)
+    except (OSError, concurrent.futures.TimeoutError):
+        raise ValueError(f"{flag} {host}: the name does not resolve on this machine; give an address such "
+                         "as 127.0.0.1 or 0.0.0.0") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def clip(line: str, width: int = WIDTH) -> str:

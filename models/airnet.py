@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models._registry import register_model
+from models.cnn import MAX_WIDTH
 
 # The family recipe (a search's first trial): Nesterov SGD, batch 512 at lr 0.2 (0.05 per 128
 # images), label smoothing 0.2 as airbench; train it with crop_pad=2, pad_mode=reflect and a short
@@ -47,8 +48,9 @@ class AirNet(nn.Module):
         super().__init__()
         if (img_size - 1) // 2 ** len(widths) < 1:  # the whitening conv takes one pixel off; pools halve the rest
             raise ValueError(f"{len(widths)} conv groups need img_size >= {2 ** len(widths) + 1}, got {img_size}")
-        if any(w < 1 for w in widths) or convs_per_group < 1:
-            raise ValueError(f"widths={list(widths)} and convs_per_group={convs_per_group} must all be >= 1")
+        if not all(1 <= w <= MAX_WIDTH for w in widths) or convs_per_group < 1:
+            raise ValueError(f"widths={list(widths)} must be in 1..{MAX_WIDTH} and convs_per_group="
+                             f"{convs_per_group} >= 1")
         patch = in_chans * 2 * 2
         self.whiten = nn.Conv2d(in_chans, 2 * patch, 2, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data (data_init), then fixed, as in airbench

@@ -11,6 +11,8 @@ from torch import nn
 
 from models._registry import register_model
 
+MAX_WIDTH = 8192  # channels or units in one layer: beyond any model here, and a 3x3 conv of it is 600M weights
+
 # The family recipe (a search's first trial; lr at batch 128): this project's standalone CIFAR-100
 # run (closing note of issues #2-#5), cnn_base with Adam lr 2e-3, batch 128, reached 32% test
 # accuracy in 3 epochs; AdamW adds a small decoupled decay.
@@ -48,6 +50,9 @@ class ConvNet(nn.Module):
         _per_block(fc_dropout, 1, "fc_dropout")
         if img_size // 2 ** len(widths) < 1:
             raise ValueError(f"{len(widths)} pooling blocks need img_size >= {2 ** len(widths)}, got {img_size}")
+        for what, values in (("widths", widths), ("fc_widths", fc_widths), ("convs_per_block", [convs_per_block])):
+            if not all(1 <= w <= MAX_WIDTH for w in values):  # a 0 fails deep in forward; a huge one fills memory
+                raise ValueError(f"{what}={list(values)}: every entry must be in 1..{MAX_WIDTH}")
         layers, c = [], in_chans
         for width, drop in zip(widths, drops):
             for _ in range(convs_per_block):

@@ -64,7 +64,8 @@ def baseline(space: Space, data: DataInfo, pair: Pair) -> dict:
     arch, head = pair
     recipe = dict(models.MODELS.meta(arch)["recipe"])
     batch = space.constants.get("batch_size")
-    if batch and {"lr", "batch_size"} <= set(recipe):  # a space that fixes another batch: the same lr per image
+    if isinstance(batch, int) and batch > 0 and {"lr", "batch_size"} <= set(recipe):  # a space that fixes
+        # another batch (a bad one is the config check's to refuse): the same lr per image
         recipe["lr"] *= batch / recipe["batch_size"]
     trial = RecipeTrial({**recipe, **heads.head_class(head).baseline(data.num_classes)})
     define_by_run(space, data, pair, trial)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -110,6 +111,35 @@ class LocalCluster:
     def run(self, args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
         """A command on this cluster's token (a driver, `ray job submit`, ...)."""
         return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+    @contextmanager
+    def hold(self, node: int, timeout: float = 120.0):
+        """Every CPU of node `node` taken by an actor of a driver of the test's own: while it is held, work
+        the cluster schedules runs on the other nodes: a placement the test controls, not the scheduler's luck."""
+        script = ("import sys, time, ray\n"
+                  "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+                  "Hold = ray.remote(num_cpus=int(sys.argv[2]), resources={sys.argv[3]: 1})(type('Hold', (), "
+                  "{'ready': lambda self: True}))\n"
+                  "h = Hold.remote(); ray.get(h.ready.remote()); print('held', flush=True); time.sleep(3600)\n")
+        proc = subprocess.Popen([sys.executable, "-c", script, self.address, str(self.cpus_per_node[node]),
+                                 f"node_{node}"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            line = ""
+            while "held" not in line:  # readline blocks; the deadline guards a holder that died
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"could not hold node {node}'s CPUs (exit {proc.poll()})")
+                line = proc.stdout.readline()
+            yield
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # its driver ends, and Ray ends the actor with it
+            proc.wait()
+
+    def node_ids(self) -> dict[str, str]:
+        """`node_<i>` (the custom resource each node declares) -> its Ray node id."""
+        out = self.run([RAY, "list", "nodes", "--address", self.dashboard, "--format", "json", "--detail"], timeout=60)
+        return {r: n["node_id"] for n in json.loads(out.stdout) for r in n["resources_total"] if r.startswith("node_")}
 
     def stop(self) -> None:
         for p in reversed(self.procs):  # workers first, then the head

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from clitest import assert_one_line
 
-from analysis import report, retrain
+from analysis import report, retrain, study
 from tools import heads_bench as bench
 from tools import train_bench
 from training import fake_data, many_classes, train
@@ -23,7 +23,8 @@ from tuning import search
 from test_trust import Crafted  # a pickle that writes a marker file when loaded
 
 CLIS = {"train": train.main, "search": search.main, "retrain": retrain.main, "report": report.main,
-        "tools.heads_bench": bench.main, "tools.train_bench": train_bench.main, "many_classes": many_classes.main}
+        "tools.heads_bench": bench.main, "tools.train_bench": train_bench.main, "many_classes": many_classes.main,
+        "study": study.main}
 SMOKE = ["--space", "smoke", "--no-dashboard"]
 
 
@@ -156,7 +157,68 @@ def bad_declaration(root):
     return f"imagefolder:{root / 'set'}", "flip='sometimes' is not allowed"
 
 
-CORRUPT = [truncated_train, meta_without_keys, labels_out_of_range, images_and_labels_differ, not_a_dict,
+def _folder_set(root: Path) -> Path:
+    fake_data.write_imagefolder(root / "set")
+    return root / "set"
+
+
+def declaration_is_a_list(root):
+    (_folder_set(root) / "headsweep.json").write_text("[1, 2]")
+    return f"imagefolder:{root / 'set'}", "headsweep.json holds list; it must be a JSON object"
+
+
+def declaration_is_null(root):
+    (_folder_set(root) / "headsweep.json").write_text("null")
+    return f"imagefolder:{root / 'set'}", "headsweep.json holds null; it must be a JSON object"
+
+
+def declaration_is_a_folder(root):
+    (_folder_set(root) / "headsweep.json").mkdir()
+    return f"imagefolder:{root / 'set'}", "headsweep.json is a folder; it must be a JSON file"
+
+
+def declaration_is_not_text(root):
+    (_folder_set(root) / "headsweep.json").write_bytes(b"\xff\xfe{")
+    return f"imagefolder:{root / 'set'}", "headsweep.json is not valid JSON ('utf-8' codec can't decode"
+
+
+def huge_image(root):
+    from PIL import Image
+
+    cls = sorted((_folder_set(root) / "train").iterdir())[0]
+    Image.new("1", (14000, 14000)).save(cls / "huge.png")  # 196 Mpixel, a few kB on disk
+    return f"imagefolder:{root / 'set'}", "huge.png: too large to decode (Image size (196000000 pixels) exceeds"
+
+
+def class_without_training_images(root):
+    s = _folder_set(root)
+    (s / "train" / "zzz").mkdir()
+    (s / "test" / "zzz").mkdir()
+    shutil.copy(next((s / "test" / "c0").iterdir()), s / "test" / "zzz" / "a.png")
+    return f"imagefolder:{root / 'set'}", "every class needs at least 2 images (one may go to validation); 1 have " \
+                                          "fewer: zzz (0)"
+
+
+def one_image_class(root):
+    cls = _folder_set(root) / "train" / "c0"
+    for f in sorted(cls.iterdir())[1:]:
+        f.unlink()
+    return f"imagefolder:{root / 'set'}", "every class needs at least 2 images (one may go to validation); 1 have " \
+                                          "fewer: c0 (1)"
+
+
+def class_name_not_utf8(root):
+    import os
+
+    s = _folder_set(root)
+    for part in ("train", "test"):
+        os.rename(bytes(s / part / "c0"), bytes(s / part) + b"/\xff\xfe")
+    return f"imagefolder:{root / 'set'}", "the folder name '\\xff\\xfe' is not UTF-8"
+
+
+CORRUPT = [declaration_is_a_list, declaration_is_null, declaration_is_a_folder, declaration_is_not_text, huge_image,
+           class_without_training_images, one_image_class, class_name_not_utf8,
+           truncated_train, meta_without_keys, labels_out_of_range, images_and_labels_differ, not_a_dict,
            crafted_pickle, no_coarse_labels, cifar10_truncated_meta, fashion_truncated_gz, fashion_not_gzip,
            fashion_wrong_magic, fashion_labels_short, fashion_label_11, broken_image, classes_differ,
            no_test_folder, empty_imagefolder, bad_declaration]
@@ -227,7 +289,7 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
     ("search", lambda t: SMOKE + ["--set", "lr=-1"], "'lr'=-1 is out of range"),
     ("search", lambda t: SMOKE + ["--name", "x", "--storage", str(t), "--resume"], "--resume: no experiment at"),
     ("search", lambda t: SMOKE + ["--budget", "some"], "argument --budget: invalid choice: 'some'"),
-    ("search", lambda t: ["--storage", str(t)], "--space is required (one of: all_heads,"),
+    ("search", lambda t: ["--storage", str(t)], "--space is required (one of: airnet_heads, all_heads,"),
     ("search", lambda t: ["--resume", "--storage", str(t)], "--resume needs --name"),
     ("search", lambda t: ["--storage", str(_saved(t)), "--name", "e", "--resume", "--set", "epochs=3"],
      "--resume continues the search spec.json defines: overrides=['epochs=3'] differs from its ['epochs=2']"),
@@ -256,6 +318,42 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
     ("tools.train_bench", lambda t: ["--arch", "resnet1000"], "resnet1000"),
     ("tools.train_bench", lambda t: ["--peak-tflops", "-1"], "--peak-tflops=-1.0 must be > 0"),
     ("many_classes", lambda t: ["--data-dir", str(t), "--out", str(t / "o"), "--rotations", "5"], "rotations"),
+    # paths: escape from --storage, a folder where a file belongs, a file in the way
+    ("search", lambda t: SMOKE + ["--name", "../../x"], "--name='../../x': use letters, digits"),
+    ("search", lambda t: SMOKE + ["--name", "/abs/x"], "--name='/abs/x': use letters, digits"),
+    ("search", lambda t: SMOKE + ["--name", "ünï"], "--name='ünï': use letters, digits"),
+    ("search", lambda t: SMOKE + ["--hierarchy-file", str(t)], "is a folder; it must be a file"),
+    ("search", lambda t: SMOKE + ["--storage", str(_file(t) / "sub")], "afile is a file, so nothing can be made in it"),
+    ("train", lambda t: ["--smoke", "--hierarchy-file", str(t)], "is a folder; it must be a file"),
+    ("train", lambda t: ["--smoke", "--summary-json", str(t)], "--summary-json " + "{}: is a folder"),
+    ("train", lambda t: ["--smoke", "--summary-json", str(_file(t) / "s.json")], "afile is a file, so nothing can be made"),
+    ("retrain", lambda t: [str(_experiment(t)), "--out", str(_file(t))], "--out {}/afile: is a file"),
+    ("tools.heads_bench", lambda t: ["--out", str(_file(t))], "--out {}/afile: is a file"),
+    ("study", lambda t: ["--scale", "tiny", "--work", str(_file(t))], "--work {}/afile: is a file"),
+    ("study", lambda t: ["--scale", "tiny", "--work", str(t / "w"), "--out", str(_file(t))], "--out {}/afile: is a"),
+    # addresses that would hang: nothing listens there, a host that does not resolve
+    ("search", lambda t: SMOKE + ["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers there"),
+    ("retrain", lambda t: [str(_experiment(t)), "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers"),
+    ("search", lambda t: ["--space", "smoke", "--storage", str(t), "--dashboard-host", "nosuch.invalid"],
+     "--dashboard-host nosuch.invalid: the name does not resolve"),
+    # values that would allocate terabytes, loop forever or run as something else
+    ("search", lambda t: SMOKE + ["--image-size", "100000"], "'image_size'=100000 is out of range: must be <= 1024"),
+    ("search", lambda t: SMOKE + ["--set", "crop_pad=100000"], "'crop_pad'=100000 is out of range: must be <= image_size"),
+    ("search", lambda t: SMOKE + ["--set", "model_widths=[0,8]"], "widths=[0, 8]: every entry must be in 1..8192"),
+    ("search", lambda t: SMOKE + ["--set", "warmup_epochs=inf"], "'warmup_epochs'='inf'"),
+    ("search", lambda t: SMOKE + ["--set", "cpus_per_trial=nan"], "cpus_per_trial='nan' must be a finite number"),
+    ("search", lambda t: SMOKE + ["--set", "max_failures=-1"], "max_failures=-1 must be an integer from 0 to 10"),
+    ("search", lambda t: SMOKE + ["--set", "sampler=grid"], "sampler='grid' must be one of ['tpe', 'random']"),
+    ("search", lambda t: SMOKE + ["--set", "pad_mode=wrap"], "'pad_mode'='wrap' is out of range"),
+    ("train", lambda t: ["--smoke", "--warmup-epochs", "inf"], "'warmup_epochs'=inf is out of range: must be a finite"),
+    ("train", lambda t: ["--smoke", "--lr", "nan"], "'lr'=nan is out of range: must be a finite number"),
+    ("train", lambda t: ["--smoke", "--weight-decay", "inf"], "'weight_decay'=inf is out of range"),
+    ("train", lambda t: ["--smoke", "--image-size", "100000"], "'image_size'=100000 is out of range"),
+    ("train", lambda t: ["--smoke", "--crop-pad", "100000"], "'crop_pad'=100000 is out of range"),
+    ("train", lambda t: ["--smoke", "--arch", "cnn", "--model-opt", "widths=[0,8]"], "every entry must be in 1..8192"),
+    ("tools.heads_bench", lambda t: ["--classes", "1000000000000"], "--classes 1000000000000 with --dim 512 and "
+                                                                   "--batch 256 needs ~"),
+    ("tools.heads_bench", lambda t: ["--min-time", "nan"], "--min-time=nan must be a number of seconds in (0, 3600)"),
 ]
 
 
@@ -264,7 +362,7 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
 def test_a_bad_command_line_is_one_line_and_exit_2(cli, argv, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing an accident writes lands in the checkout
     code = CLIS[cli](argv(tmp_path))
-    assert_one_line(code, capsys.readouterr().err, expected)
+    assert_one_line(code, capsys.readouterr().err, expected.replace("{}", str(tmp_path)))
 
 
 @pytest.mark.parametrize("make", CORRUPT, ids=[f.__name__ for f in CORRUPT])
@@ -294,5 +392,18 @@ def test_an_mlflow_store_that_does_not_open_is_one_line(tmp_path, capsys, monkey
     assert [f.name for f in tmp_path.iterdir()] == ["mlruns"] or not list(tmp_path.iterdir())  # no experiment
 
 
+def test_a_16_bit_image_keeps_its_range(tmp_path):
+    """PIL's convert('RGB') clips 16-bit gray to white; the reader scales it to 8 bits instead."""
+    from PIL import Image
+
+    from training.imagefolder import _decode
+
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")  # a 16-bit PNG, as PIL opens it
+    out = _decode(path, 8)
+    assert out.dtype == np.uint8 and out.min() < 20 and out.max() > 235 and 100 < out.mean() < 155
+
+
 def test_the_corpus_is_big_enough():
-    assert len(COMMANDS) + len(CORRUPT) >= 40
+    assert len(COMMANDS) + len(CORRUPT) >= 110

@@ -51,22 +51,29 @@ def _get(url: str, token: str | None) -> tuple[int, bytes]:
 
 
 def test_search_and_retrain_run_on_both_nodes(cluster, tmp_path):
+    """By construction, not by the scheduler's luck: while the test holds the head node's CPU, every trial of
+    the search (its driver on the head) must run on the worker node; while it holds the worker's, every
+    retrain task runs on the head."""
     nodes = cluster.run([RAY, "list", "nodes", "--address", cluster.dashboard, "--format", "json"], timeout=60)
     assert {n["node_ip"] for n in json.loads(nodes.stdout)} == {"127.0.0.1"} and len(json.loads(nodes.stdout)) == 2
+    ids = cluster.node_ids()
     storage = tmp_path / "shared"  # one path both nodes see: the trials write there, the driver reads it
     t = time.monotonic()
-    done = cluster.run([*SEARCH, "--address", cluster.address, "--storage", str(storage), "--name", "c"],
-                       timeout=300, cwd=ROOT)
+    with cluster.hold(0):
+        done = cluster.run([*SEARCH, "--address", cluster.address, "--storage", str(storage), "--name", "c"],
+                           timeout=300, cwd=ROOT)
     wall = time.monotonic() - t
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     print(f"smoke search on the two-node cluster: {wall:.1f} s wall")
     assert "12 trials: " in done.stdout and "0 error" in done.stdout
-    assert len(_nodes(storage / "c")) == 2, "every trial ran on the same node"
-    retrain = cluster.run([sys.executable, "-m", "analysis.retrain", str(storage / "c"), "--seeds", "1",
-                           "--address", cluster.address], timeout=300, cwd=ROOT)
+    assert _nodes(storage / "c") == {ids["node_1"]}  # every trial on the worker, none where the driver is
+    with cluster.hold(1):
+        retrain = cluster.run([sys.executable, "-m", "analysis.retrain", str(storage / "c"), "--seeds", "1",
+                               "--address", cluster.address, "-v"], timeout=300, cwd=ROOT)
     assert retrain.returncode == 0, retrain.stdout[-3000:] + retrain.stderr[-3000:]
     final = pd.read_parquet(storage / "c" / "analysis" / "final.parquet")
     assert len(final) == 5 and (final["status"] == "completed").all()
+    assert set(final["node_id"]) == {ids["node_0"]}  # every retrain task on the head
 
 
 def test_dashboard_answers_with_the_token_only(cluster):

@@ -322,9 +322,9 @@ def test_dry_run_prints_spec_and_configs(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--space", "nope"], "unknown space 'nope'; valid spaces: all_heads, cnn_heads, effnet_heads"),
+    (["--space", "nope"], "unknown space 'nope'; valid spaces: airnet_heads, all_heads, cnn_heads"),
     (["--space", "smoke", "--gpus-per-trial", "0"], "--gpus-per-trial=0.0 must be > 0"),
-    (["--space", "smoke", "--gpus-per-trial", "-1"], "gpus_per_trial=-1.0 must be > 0"),
+    (["--space", "smoke", "--gpus-per-trial", "-1"], "gpus_per_trial=-1.0 must be a finite number >= 0"),
     (["--space", "smoke", "--gpus-per-trial", "1000"], "--gpus-per-trial=1000.0 is more than there are (0 GPUs)"),
     (["--space", "smoke", "--set", "epochs"], "malformed assignment 'epochs': expected KEY=VALUE"),
     (["--space", "smoke", "--set", "colour=red"], "--set colour='red': unknown key; allowed: search settings"),

@@ -36,7 +36,8 @@ def test_tiny_study_writes_every_result(tiny):
     assert len(final) == 6 * 3 and set(final.seed) == {0, 1, 2} and (final.status != "error").all()
     assert len(pd.read_parquet(out / "history.parquet")) == 6 * 2  # 2 epochs, no trial stopped early
     spec = json.loads((out / "spec.json").read_text())
-    assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/report", "fashion_mnist/search",
+    assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/curve", "cifar100/report",
+                                    "fashion_mnist/search",
                                     "fashion_mnist/retrain", "fashion_mnist/report", "heads_bench"]
     assert spec["experiments"]["cifar100"]["space"] == "smoke"
     assert (out / "command.txt").read_text().startswith("python -m analysis.study --scale tiny")
@@ -49,6 +50,11 @@ def test_tiny_study_writes_every_result(tiny):
     runs = sorted(p.name for p in (out / "stages" / "cifar100" / "retrain" / "runs").iterdir())
     assert len(runs) == 15 and runs[0].endswith("-seed0.json")  # one file per (config, seed)
     assert list(json.loads((out / "stages" / "stages.json").read_text())) == list(spec["stages"])
+    curve = pd.read_parquet(out / "stages" / "cifar100" / "curve" / "final.parquet")  # softmax at other budgets
+    assert sorted(curve["epochs"]) == [1, 3] and set(curve["head"]) == {"softmax"} and set(curve["seed"]) == {0}
+    assert "figures/budget.png" in _figures(text) and "figures/accuracy_vs_cost.png" in _figures(text)
+    answer = text.split("## Answer")[1].split("##")[0]  # the opening answers with numbers
+    assert "best head" in answer and "%" in answer and "Did the search pay?" in answer
 
 
 @pytest.mark.slow
@@ -70,7 +76,8 @@ def test_committed_study_has_its_files():
     assert "not the official" in text  # the split caveat stands next to the numbers
     for figure in _figures(text):
         assert (COMMITTED / figure).is_file(), figure
-    assert not [p for p in COMMITTED.rglob("*") if p.suffix in (".pt", ".npy", ".pkl")]  # no checkpoints
+    assert not [p for p in COMMITTED.rglob("*") if p.suffix in (".pt", ".pkl")]  # no checkpoints
+    assert not [p for p in COMMITTED.rglob("*.npy") if "stages" not in p.parts]  # matrices only beside their runs
 
 
 @pytest.mark.slow

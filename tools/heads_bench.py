@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import heads
-from common.cli import ArgumentParser, guard
+from common.cli import ArgumentParser, check_out_dir, guard
 from training import optim
 from heads.speed import kernels
 from heads.hierarchical import fastest_num_groups
@@ -271,11 +271,20 @@ def cpu_settings() -> str:
     return ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in CPU_ENV)
 
 
+def _available_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 @guard
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m tools.heads_bench", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", default="100,1000,10000,100000", help="comma-separated C values (1000000 works too)")
     p.add_argument("--dim", type=int, default=512, help="feature dimension d")
     p.add_argument("--batch", type=int, default=256, help="examples per batch")
@@ -297,6 +306,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.repeats} and --num-sampled {args.num_sampled} >= 1")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads={args.threads} must be >= 1")
+    if not 0 < args.min_time < 3600:  # NaN too: a timing loop `while elapsed < nan` would never end
+        raise ValueError(f"--min-time={args.min_time} must be a number of seconds in (0, 3600)")
+    # The largest tensors: the softmax weight and its gradient and optimizer state (d x C, fp32, ~4 copies)
+    # and the batch's logits (B x C): refuse what cannot fit rather than swap or die mid-run.
+    need = max(classes) * (4 * args.dim + 2 * args.batch) * 4
+    free = _available_bytes(args.device)
+    if need > free:
+        raise ValueError(f"--classes {max(classes)} with --dim {args.dim} and --batch {args.batch} needs ~"
+                         f"{need / 2**30:.1f} GiB for the softmax baseline; {free / 2**30:.1f} GiB are free here")
+    check_out_dir(args.out, "--out")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise ValueError(f"--device={args.device!r}: expected cpu or cuda")
     if args.device != "cpu" and not torch.cuda.is_available():

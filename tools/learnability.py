@@ -74,7 +74,8 @@ def nearest_centre_acc(data) -> float:
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m tools.learnability", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", default="1000,10000")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--per-class", type=int, default=20, help="training examples per class")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 from common.options import has_type, type_name
 
 SCHEDULES = ("cosine", "step", "constant")
+MAX_IMAGE_SIZE = 1024
 PAD_MODES = ("auto", "constant", "reflect", "replicate")
 AMP = ("auto", "bf16", "fp32")
 
@@ -102,8 +104,15 @@ class TrainConfig:
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
         _check(self.pad_mode in PAD_MODES, "pad_mode", self.pad_mode, f"one of {PAD_MODES}")
         _check(self.amp in AMP, "amp", self.amp, f"one of {AMP}")
+        for f in dataclasses.fields(self):  # NaN passes no comparison below, but inf passes `>= 0`
+            value = getattr(self, f.name)
+            _check(not isinstance(value, float) or math.isfinite(value), f.name, value, "a finite number")
         for key, low in (("epochs", 1), ("batch_size", 1), ("step_epochs", 1), ("crop_pad", 0), ("image_size", 4)):
             _check(int(getattr(self, key)) >= low, key, getattr(self, key), f">= {low}")
+        # The images are held in memory at this size (N x 3 x size^2 bytes): 1024 is 3 MB an image already.
+        _check(self.image_size <= MAX_IMAGE_SIZE, "image_size", self.image_size, f"<= {MAX_IMAGE_SIZE}")
+        _check(self.crop_pad <= self.image_size, "crop_pad", self.crop_pad,
+               f"<= image_size={self.image_size} (a crop padded by more than the image is mostly padding)")
         _check(self.lr > 0, "lr", self.lr, "> 0")
         _check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import check_in_file
 from common.registry import Registry
 from training.config import TrainConfig
 from training.imagefolder import read as read_image_folder
@@ -155,8 +156,8 @@ def load_for(config: dict, data_dir: str | Path, fake: bool = False, download: b
 def with_hierarchy(ds: Dataset, path: str | Path) -> Dataset:
     """The dataset with the class -> group mapping of a JSON file `{"class name": "group name", ...}`."""
     try:
-        mapping = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
+        mapping = json.loads(check_in_file(path, "hierarchy_file").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"hierarchy_file={path}: not valid JSON ({exc})") from None
     if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
         raise ValueError(f"hierarchy_file={path}: expected an object {{class name: group name}}")

@@ -101,7 +101,7 @@ def write_all(root: Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m training.fake_data", description=__doc__)
     p.add_argument("--out", required=True, help="folder to write cifar-100-python/, cifar-10-batches-py/, fashion-mnist/")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

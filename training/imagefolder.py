@@ -56,16 +56,35 @@ def _decode(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+            return np.asarray(_eight_bit(img).convert("RGB").resize((size, size), Image.BILINEAR))
+    except Image.DecompressionBombError as exc:  # PIL's guard: over 2 x Image.MAX_IMAGE_PIXELS (~179 Mpixel)
+        raise ImageFolderError(f"{_shown(path)}: too large to decode ({exc}): resize it first") from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise ImageFolderError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise ImageFolderError(f"{_shown(path)}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _eight_bit(img):
+    """16- and 32-bit gray images scaled to 8 bits: PIL's convert('RGB') clips them, which turns a 16-bit
+    PNG white."""
+    from PIL import Image
+
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I") and a.max(initial=0) <= 65535 else max(a.max(initial=0), 1.0)
+    return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def _shown(path: Path) -> str:
+    """A path for a message, whatever bytes its name holds (a non-UTF-8 name shows as \\x.. escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _cache_file(samples: list[tuple[Path, int]], size: int) -> Path:
     key = hashlib.sha1(f"{size}".encode())
     for path, label in samples:
         st = path.stat()
-        key.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{label}".encode())
+        key.update(os.fsencode(path) + f"|{st.st_size}|{st.st_mtime_ns}|{label}".encode())
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "headsweep"
     return root / f"imagefolder-{key.hexdigest()[:20]}.npz"
 
@@ -98,10 +117,15 @@ def declared_defaults(root: Path) -> dict:
     path = root / DECLARATION
     if not path.exists():
         return {}
+    if not path.is_file():
+        raise ImageFolderError(f"{path} is a folder; it must be a JSON file such as {{\"flip\": false}}")
     try:
         declared = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ImageFolderError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(declared, dict):
+        raise ImageFolderError(f"{path} holds {type(declared).__name__ if declared is not None else 'null'}; it "
+                               "must be a JSON object such as {\"flip\": false}")
     for key, value in declared.items():
         if key not in DECLARABLE or not isinstance(value, DECLARABLE[key]):
             raise ImageFolderError(f"{path}: {key}={value!r} is not allowed; it may declare "
@@ -123,6 +147,15 @@ def read(root: Path, image_size: int) -> dict:
         if not parts[part][3]:
             raise ImageFolderError(f"imagefolder:{root}/{part} holds no images ({', '.join(EXTENSIONS)})")
     (classes, groups, c2g, train), (test_classes, _, _, test) = parts["train"], parts["test"]
+    for name in (*classes, *(groups or ())):
+        if name != _shown(Path(name)):
+            raise ImageFolderError(f"imagefolder:{root}: the folder name '{_shown(Path(name))}' is not UTF-8; class "
+                                   "and group names must be (they are shown and stored as text)")
+    counts = np.bincount([s[1] for s in train], minlength=len(classes))
+    if counts.min() < 2:  # one image cannot be split between training and validation
+        few = [(classes[i], int(counts[i])) for i in np.flatnonzero(counts < 2)]
+        raise ImageFolderError(f"imagefolder:{root}/train: every class needs at least 2 images (one may go to "
+                               f"validation); {len(few)} have fewer: " + ", ".join(f"{c} ({n})" for c, n in few[:5]))
     if classes != test_classes:
         def few(names):
             return f"{names[:5]}{f' and {len(names) - 5} more' if len(names) > 5 else ''}"

@@ -66,7 +66,8 @@ def write_part(root: Path, images: np.ndarray, names: list[str], vs: list, sourc
 
 @guard
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m training.many_classes", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder holding cifar-100-python/")
     p.add_argument("--out", required=True, help="the ImageFolder to write (must not exist)")
     p.add_argument("--rotations", type=int, default=4)

@@ -13,7 +13,7 @@ import time
 import typing
 from pathlib import Path
 
-from common.cli import ArgumentParser, guard
+from common.cli import ArgumentParser, check_out_file, guard
 from training import data
 from training.config import TrainConfig, field_help, parse_assignment
 
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> dict:
     from training import engine  # deferred: torch and timm take seconds, and --help needs neither
 
     cfg = config_from_args(args)
+    if args.summary_json:  # checked now: a path that cannot be written would lose the run at its end
+        check_out_file(args.summary_json, "--summary-json")
     engine.resolve_device(cfg.device)  # a device this machine lacks fails before the data loads
     started = time.perf_counter()
     ds = data.load_for(cfg.to_flat(), args.data_dir, fake=args.smoke, download=not args.no_download)
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> dict:
     summary = {"status": result.status, "reason": result.reason, "config": cfg.to_flat(),
                "epochs_run": len(result.history), **{k: result.last.get(k) for k in ("val_acc", "val_top5", "val_loss")},
                "test_acc": test["acc"], "test_top5": test["top5"], "test_loss": test["loss"],
-               "test_acc_without_tta": test["acc_without_tta"],  # the flip TTA's effect "precision": trained.precision,
+               "test_acc_without_tta": test["acc_without_tta"],  # the flip TTA's effect
+               "precision": trained.precision,
                "epoch_time_s_mean": sum(times) / len(times), "images_per_s": result.last.get("images_per_s"),
                "classes": ds.classes, "wall_s": time.perf_counter() - started, "device": str(trained.device),
                "params": sum(p.numel() for p in trained.model.parameters()), "history": result.history}

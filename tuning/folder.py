@@ -20,6 +20,11 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+import os
+
+# --callback NAME: (the package it needs, Ray's logger callback); `tuning.search --help` lists them
+TRACKERS = {"wandb": ("wandb", "ray.air.integrations.wandb.WandbLoggerCallback"),
+            "mlflow": ("mlflow", "ray.air.integrations.mlflow.MLflowLoggerCallback")}
 
 SPEC_FILE = "spec.json"
 JOURNAL_FILE = "optuna.log"
@@ -115,3 +120,9 @@ class ExperimentFolder:
         """Label ("arch/head", or "joint") -> Optuna study name, from spec.json."""
         studies = self.spec.get("studies") or {}
         return studies if isinstance(studies, dict) else {"joint": name for name in studies}
+
+
+def mlflow_uri(exp: ExperimentFolder) -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite store in the experiment folder (MLflow 3 refuses a bare
+    ./mlruns folder store unless MLFLOW_ALLOW_FILE_STORE=true)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{exp.local / 'mlflow.db'}"

@@ -28,7 +28,8 @@ from tuning.callbacks import EndedTrialCheckpoints, StateManifest
 from tuning.experiment import Experiment
 from tuning.optuna_pruned import PruningAwareOptunaSearch
 from tuning.pairs import PairedSearch, PerPairASHA, trial_dirname
-from tuning.spec import TRACKERS, first_trials, make_sampler, mlflow_uri, study_labels, trials_per_study
+from tuning.folder import TRACKERS, mlflow_uri
+from tuning.spec import first_trials, make_sampler, study_labels, trials_per_study
 from tuning.trainable import train_trial
 
 

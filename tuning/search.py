@@ -22,6 +22,7 @@ checks every input before anything starts; tuning.runner runs the search.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import logging
@@ -31,21 +32,22 @@ import sys
 import time
 from pathlib import Path
 
-import search_spaces
-from common.cli import ArgumentParser, check_cpus, check_gpus, guard
-from search_spaces._registry import SAMPLERS, DataInfo, Space
+from common.cli import (ArgumentParser, check_cpus, check_gpus, check_host, check_name, check_out_dir, check_reachable,
+                        guard)
 from training.config import parse_assignment
 from tuning import manifest
 from tuning.experiment import Experiment
+from tuning.folder import TRACKERS, mlflow_uri
 from tuning.results import METRICS
-from tuning.spec import (TRACKERS, load_dataset, make_spec, mlflow_uri, preview_configs, split_of, study_labels,
-                         trials_per_study)
+
+# Only light imports above: `--help` answers in well under a second. The spaces (torch, timm, the heads),
+# the experiment and the spec are imported once the arguments are parsed.
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m tuning.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", help=f"one of: {', '.join(search_spaces.list_spaces())} (with --resume: "
+    p.add_argument("--space", help=f"a registered space: {', '.join(builtin_space_names())} (with --resume: "
                    "spec.json's)")
     p.add_argument("--num-samples", type=int, help="trials in all, not per pair (default: the space's); with "
                    "--budget pairs each (arch, head) pair gets an equal share (+-1)")
@@ -95,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def builtin_space_names() -> list[str]:
+    """The built-in spaces' names, read from search_spaces/spaces.py's source (`@register_space` functions):
+    --help lists them without importing the spaces, which import torch (seconds)."""
+    spec = importlib.util.find_spec("search_spaces")  # finds the package without running it
+    tree = ast.parse(Path(spec.submodule_search_locations[0], "spaces.py").read_text())
+    return sorted(f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+                  and any(isinstance(d, ast.Name) and d.id == "register_space" for d in f.decorator_list))
+
+
 # Flags that say how this run of the search goes, not what it searches: a resume may change them.
 SESSION_FLAGS = ("storage", "name", "resume", "trust_state", "address", "dashboard", "dashboard_host", "callback", "quiet",
                  "verbose", "dry_run", "argv")
@@ -123,8 +134,10 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     return saved
 
 
-def resolve_space(args: argparse.Namespace) -> Space:
-    """The named space with --set and the dedicated flags applied, checked."""
+def resolve_space(args: argparse.Namespace):
+    """The named space (search_spaces.Space) with --set and the dedicated flags applied, checked."""
+    import search_spaces
+
     overrides = dict(parse_assignment(text) for text in args.overrides)
     for flag in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "dataset", "image_size",
                  "hierarchy_file"):
@@ -140,6 +153,8 @@ def resolve_space(args: argparse.Namespace) -> Space:
 
 
 def check_settings(s: dict, max_epochs: int) -> None:
+    from search_spaces._registry import SAMPLERS
+
     for key in ("num_samples", "max_concurrent", "grace_period", "reduction_factor"):
         if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1:
             raise ValueError(f"{key}={s[key]!r} must be an integer >= 1")
@@ -165,8 +180,8 @@ def check_settings(s: dict, max_epochs: int) -> None:
 
 
 def check_storage(storage: str) -> None:
-    if "://" not in storage and Path(storage).expanduser().exists() and not Path(storage).expanduser().is_dir():
-        raise ValueError(f"--storage {storage} is a file; it must be a folder (made if missing) or a URI")
+    if "://" not in storage:
+        check_out_dir(storage, "--storage")
 
 
 def check_trackers(names: list[str]) -> None:
@@ -175,7 +190,7 @@ def check_trackers(names: list[str]) -> None:
             raise ValueError(f"--callback {name} needs the {TRACKERS[name][0]} package: pip install {TRACKERS[name][0]}")
 
 
-def check_mlflow(exp: Experiment) -> None:
+def check_mlflow(exp) -> None:
     """Open the tracking store before Ray starts: a bad URI is one line, not a traceback mid-fit."""
     import mlflow  # deferred: seconds to import, and only --callback mlflow needs it
 
@@ -188,10 +203,17 @@ def check_mlflow(exp: Experiment) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    import search_spaces
+    from search_spaces._registry import DataInfo
+    from tuning.spec import (check_models, load_dataset, make_spec, preview_configs, split_of, study_labels,
+                             trials_per_study)
+
     if args.dry_run is not None and args.dry_run < 1:
         raise ValueError(f"--dry-run={args.dry_run} must be >= 1 (configs to preview per study)")
     check_storage(args.storage)
     check_trackers(args.callback)
+    if args.name is not None:
+        check_name(args.name, "--name")
     if args.resume:
         args = resumed_args(args)
     elif args.space is None:
@@ -212,7 +234,7 @@ def run_search(args: argparse.Namespace) -> int:
                 print(f"  config {i}: {json.dumps(config, default=str)}")
         return 0
     for pair in labels.values():  # bad --set values fail here, before anything is written or Ray starts
-        preview_configs(space, info, pair, 2, args.seed)
+        check_models(preview_configs(space, info, pair, 2, args.seed), ds)
     if args.resume and not exp.exists():
         raise ValueError(f"--resume: no experiment at {exp.uri}; give the --name of an existing one")
     if not args.resume and exp.exists():
@@ -223,6 +245,10 @@ def run_search(args: argparse.Namespace) -> int:
         for name in exp.verify_state():  # before anything in the folder is unpickled (README, "Trust")
             print(f"headsweep: {name} was cut short when the search stopped; its previous save, kept in "
                   f"{manifest.BACKUP_DIR}/, is back in place")
+    if args.address:  # an address nobody answers at would hang in Ray's connect
+        check_reachable(args.address, "--address")
+    elif args.dashboard:
+        check_host(args.dashboard_host, "--dashboard-host")
     if not args.address:  # fail fast, before Ray starts
         check_gpus(args.gpus_per_trial, _local_gpus())
         check_cpus(space.resolved_settings()["cpus_per_trial"], os.cpu_count() or 1, "this machine")

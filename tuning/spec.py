@@ -5,7 +5,6 @@ previewed configs of --dry-run, and the trackers --callback names.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import subprocess
 import zlib
@@ -16,24 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import models
 from search_spaces._registry import DataInfo, Pair, Space, sample_config
 from search_spaces.spaces import baseline
 from training import data, engine
 from training.config import TrainConfig
-from tuning.folder import ExperimentFolder
 
 
 # --callback NAME -> (package it needs, Ray's logger callback class)
-TRACKERS = {"wandb": ("wandb", "ray.air.integrations.wandb.WandbLoggerCallback"),
-            "mlflow": ("mlflow", "ray.air.integrations.mlflow.MLflowLoggerCallback")}
-
-
-def mlflow_uri(exp: ExperimentFolder) -> str:
-    """MLFLOW_TRACKING_URI, else a SQLite store in the experiment folder (MLflow 3 refuses a bare
-    ./mlruns folder store unless MLFLOW_ALLOW_FILE_STORE=true)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{exp.local / 'mlflow.db'}"
-
-
 def study_labels(space: Space, budget: str) -> dict[str, Pair | None]:
     """Label -> the pair its study searches (None: the joint study over all pairs)."""
     return {f"{a}/{h}": (a, h) for a, h in space.pairs()} if budget == "pairs" else {"joint": None}
@@ -82,6 +71,19 @@ def preview_configs(space: Space, info: DataInfo, pair: Pair | None, n: int, see
     for config in configs:
         TrainConfig.from_dict(config)
     return configs
+
+
+def check_models(configs: list[dict], dataset) -> None:
+    """Build each config's backbone on the meta device (no memory, no compute): an option the model refuses
+    (widths=[0,8], too many pools for the image size) is one line before Ray starts, not a failed trial."""
+    for config in configs:
+        cfg = TrainConfig.from_dict(config)
+        try:
+            with torch.device("meta"):
+                models.create_model(cfg.arch, in_chans=dataset.in_chans, img_size=dataset.img_size,
+                                    **cfg.model_kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"model {cfg.arch!r} with {cfg.model_kwargs or 'its defaults'}: {exc}") from None
 
 
 def _git_sha() -> str | None:

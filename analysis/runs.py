@@ -161,6 +161,9 @@ def _run_on_ray(jobs: list[dict], split, out_dir: Path, epochs: int | None, cpus
                 address: str | None, verbosity: int) -> None:
     import ray
 
+    from tuning.runner import calm_ray_auth
+
+    calm_ray_auth()
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbosity > 0)
     try:
         resources = ray.cluster_resources()

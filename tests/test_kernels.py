@@ -1,6 +1,8 @@
 """The heads' CPU kernels (heads/speed/kernels.py, heads/speed/kernels.cpp): built here, refusing what they cannot
 take, and a machine that cannot build them falls back with one warning. Their results against the
 batched matmuls and the per-example reference: tests/test_sparse.py (`grouped_path`)."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,3 +72,34 @@ def test_cpu_kernels_false_takes_the_batched_matmuls_with_the_same_results(monke
         results.append((loss.detach(), head.class_weight.grad.to_dense()))
     assert len(calls) == (2 if kernels.compiled() is None else 1)  # the kernels' head never called it
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+_BUILD = """import importlib.util, sys
+spec = importlib.util.spec_from_file_location("kernels_copy", sys.argv[1])
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+assert m.compiled() is not None
+print(m.build_directory())
+"""
+
+
+@pytest.mark.slow  # one real build (~30 s) in a folder of its own
+def test_a_second_checkout_reuses_the_first_ones_build(tmp_path):
+    """Two checkouts (copies of the kernels' files in two folders) share one build: the second compiles
+    nothing and leaves the library as the first built it."""
+    import shutil
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    runs = []
+    for checkout in ("a", "b"):
+        (tmp_path / checkout).mkdir()
+        for f in (kernels.SOURCE, kernels.SOURCE.with_suffix(".py")):
+            shutil.copy(f, tmp_path / checkout / f.name)
+        out = subprocess.run([sys.executable, "-c", _BUILD, str(tmp_path / checkout / "kernels.py")], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        where = out.stdout.strip().splitlines()[-1]
+        runs.append((where, "compiling" in out.stderr, (Path(where) / f"{kernels.NAME}.so").stat().st_mtime_ns))
+    (first, built, so_time), (second, rebuilt, so_time_after) = runs
+    assert first == second and built and not rebuilt and so_time == so_time_after

@@ -63,6 +63,9 @@ def test_smoke_search_end_to_end(smoke_experiment):
     n_pruned = sum(e < 4 for e in epochs)
     assert f"12 trials: {12 - n_pruned} completed, {n_pruned} pruned, 0 diverged, 0 error" in out
     assert "best trial per (backbone, head)" in out
+    # Ray's 245-character auth warning (which ends by telling users to turn it off) is one line of ours
+    assert "Token authentication is enabled" not in out
+    assert "Ray: token authentication on" in out or os.environ.get("RAY_AUTH_MODE")
 
 
 def _ended_in_rays_state(experiment: Path) -> set[str]:

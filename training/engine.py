@@ -25,6 +25,7 @@ from torch import nn
 import heads
 import models
 from common.status import COMPLETED, DIVERGED
+from heads.speed import kernels
 from training.config import ConfigError, TrainConfig
 from training.data import Split
 from training.loader import DeviceLoader, channel_stats
@@ -304,6 +305,8 @@ def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], d
     except ValueError as exc:  # before any training: the config (with this data) is at fault
         raise ConfigError(str(exc)) from exc
     run.on_step = on_step
+    if run.trained.device.type == "cpu":  # a first build of the heads' kernels (~30 s) is not an epoch's time
+        kernels.compiled()
     if state is not None:
         load_state(run, state)
     val = run.trained.loader(split.x_val, split.y_val) if len(split.y_val) else None

@@ -122,6 +122,7 @@ def make_tuner(space: Space, trainable, exp: Experiment, info: DataInfo, args: a
 def run(args: argparse.Namespace, space: Space, exp: Experiment, split: data.Split) -> int:
     """Start (or join) Ray, run the search to its end or a stop, and print the summary; the exit code."""
     try:
+        calm_ray_auth()
         context = ray.init(address=args.address, include_dashboard=args.dashboard if not args.address else None,
                            dashboard_host=args.dashboard_host, ignore_reinit_error=True, log_to_driver=True,
                            logging_level=logging.INFO if args.verbose else logging.WARNING)
@@ -183,6 +184,26 @@ class _RayRestoreHint(logging.Filter):
     """Drops Ray's "Resume experiment with: Tuner.restore(...)": this tool prints its own command."""
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tuner.restore" not in record.getMessage()
+
+
+class _RayAuthNotice(logging.Filter):
+    """Ray 2.60 turns token authentication on for a new local cluster and says so in 245 characters that
+    end by telling users how to turn it off; this keeps it on and says so in one line, with the token's place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Token authentication is enabled" not in record.getMessage():
+            return True
+        where = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+        print(f"Ray: token authentication on (the dashboard and `ray` commands ask for the token in {where})",
+              file=sys.stderr, flush=True)
+        return False
+
+
+def calm_ray_auth() -> None:
+    """Before ray.init: Ray's token-authentication warning replaced by our one line (_RayAuthNotice)."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _RayAuthNotice) for f in log.filters):
+        log.addFilter(_RayAuthNotice())
 
 
 def quiet_ray_logs() -> None:

@@ -38,8 +38,12 @@ SWITCH = "HEADSWEEP_CPU_KERNELS"  # "0" turns the kernels off (the batched-matmu
 
 
 def build_directory() -> Path:
-    """Where this source, these flags and these versions are built."""
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, torch.__version__, sys.version_info[:2])).encode())
+    """Where this source, these flags and this PyTorch are built. The key holds everything the build's
+    command line holds (the source's content, the flags, torch's version and install folder, whose headers
+    it includes) and nothing that differs between checkouts of one machine: the source is compiled from a
+    copy inside the folder, so a second checkout finds the same build and ninja sees the same commands."""
+    key = hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, torch.__version__, sys.version_info[:2],
+                                                     str(Path(torch.__file__).resolve().parent))).encode())
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
     return Path(root) / f"{NAME}_{key.hexdigest()[:12]}"
 
@@ -79,7 +83,12 @@ def _load(where: Path):
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         from torch.utils.cpp_extension import load
         where.mkdir(parents=True, exist_ok=True)
-        return load(NAME, [str(SOURCE)], extra_cflags=FLAGS, build_directory=str(where), verbose=False)
+        source = where / SOURCE.name  # the same path for every checkout (the folder's key holds its content)
+        if not source.exists() or source.read_bytes() != SOURCE.read_bytes():
+            tmp = source.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(SOURCE, tmp)
+            os.replace(tmp, source)  # whole or absent for a concurrent first use
+        return load(NAME, [str(source)], extra_cflags=FLAGS, build_directory=str(where), verbose=False)
     finally:
         log.setLevel(level)
 

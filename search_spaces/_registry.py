@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import inspect
+import sys
+import traceback
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import heads
+import models
 from common.registry import Registry
 from training.config import TrainConfig
 
@@ -98,7 +105,63 @@ def _restrict(key: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
 
 
 def get_space(name: str) -> Space:
-    return SPACES.get(name)()
+    """A registered space by name, or a user's: `path/to/file.py:function` (`load_space_file`)."""
+    return load_space_file(name) if is_space_file(name) else SPACES.get(name)()
+
+
+def is_space_file(name: str) -> bool:
+    return ":" in name and name.rsplit(":", 1)[0].endswith(".py")
+
+
+def load_space_file(ref: str) -> Space:
+    """`path/to/file.py:function`: run the file as a module of its own and call `function()`, which must take
+    no arguments and return a `Space` (as a registered space's function does). Every way this can go wrong
+    is one line naming the file; the space is then checked like a built-in one."""
+    path, fn_name = ref.rsplit(":", 1)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"--space {ref}: {'is a folder' if file.is_dir() else 'no such file'} ({file}); expected "
+                         "path/to/file.py:function")
+    # A module name of its own, the same in every process (Ray Tune pickles the searcher, and with it the
+    # define-by-run function, by reference: a resume loads this file again under this name first).
+    name = "headsweep_space_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        sys.modules.pop(name, None)
+        raise ValueError(f"--space {ref}: {file}:{exc.lineno}: SyntaxError: {exc.msg}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it loads
+        sys.modules.pop(name, None)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise ValueError(f"--space {ref}: loading {file} raised {type(exc).__name__}: {exc} (line {where.lineno})") \
+            from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        defined = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == module.__name__)
+        raise ValueError(f"--space {ref}: {file} has no function {fn_name!r}; it defines {defined or 'none'}")
+    required = [p for p in inspect.signature(fn).parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise ValueError(f"--space {ref}: {fn_name}() must take no arguments and return a search_spaces.Space; "
+                         f"it takes {[p.name for p in required]}")
+    try:
+        space = fn()
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"--space {ref}: {fn_name}() raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(space, Space):
+        raise ValueError(f"--space {ref}: {fn_name}() returned {type(space).__name__}; it must return a "
+                         "search_spaces.Space (see examples/my_space.py)")
+    if not callable(space.suggest) or len(inspect.signature(space.suggest).parameters) != 3:
+        raise ValueError(f"--space {ref}: the Space's suggest must be a define-by-run function "
+                         "(trial, arch, head)")
+    for arch in space.archs:
+        models.MODELS.get(arch)  # an unknown backbone or head: the registries' one-line errors
+    for head in space.heads:
+        heads.head_class(head)
+    return space
 
 
 class FixedParams:

@@ -253,6 +253,11 @@ def _file(root: Path) -> Path:
     return root / "afile"
 
 
+def _space_file(root: Path, text: str) -> str:
+    (root / "space.py").write_text(text)
+    return str(root / "space.py")
+
+
 COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line must contain)
     ("train", lambda t: ["--device", "tpu"], "'device'='tpu' is out of range: must be auto, cpu, cuda or cuda:N"),
     ("train", lambda t: ["--smoke", "--epochs", "-3"], "'epochs'=-3 is out of range"),
@@ -354,6 +359,19 @@ COMMANDS = [  # (cli, argv (a function of the tmp folder), the text the one line
     ("tools.heads_bench", lambda t: ["--classes", "1000000000000"], "--classes 1000000000000 with --dim 512 and "
                                                                    "--batch 256 needs ~"),
     ("tools.heads_bench", lambda t: ["--min-time", "nan"], "--min-time=nan must be a number of seconds in (0, 3600)"),
+    # a space of your own in a file (--space path/to/file.py:function)
+    ("search", lambda t: ["--space", f"{t}/none.py:f"], "none.py:f: no such file"),
+    ("search", lambda t: ["--space", f"{_space_file(t, 'def f(:')}:f"], "space.py:1: SyntaxError"),
+    ("search", lambda t: ["--space", f"{_space_file(t, 'import nosuchmodule')}:f"],
+     "raised ModuleNotFoundError: No module named 'nosuchmodule' (line 1)"),
+    ("search", lambda t: ["--space", f"{_space_file(t, 'def g(): pass')}:f"], "has no function 'f'; it defines ['g']"),
+    ("search", lambda t: ["--space", f"{_space_file(t, 'def f(trial): pass')}:f"],
+     "f() must take no arguments and return a search_spaces.Space; it takes ['trial']"),
+    ("search", lambda t: ["--space", f"{_space_file(t, 'def f(): return 3')}:f"],
+     "f() returned int; it must return a search_spaces.Space"),
+    ("search", lambda t: ["--space", _space_file(t, "from search_spaces import Space\n"
+                                                    "def f(): return Space('x', lambda trial, a, h: None, ('resnet9',))")
+                          + ":f"], "unknown model 'resnet9'"),
 ]
 
 

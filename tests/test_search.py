@@ -392,3 +392,16 @@ def test_summary_leaves_out_diverged_trials(capsys):
     best = out.split("best trial per (backbone, head), by validation val_acc:\n")[1].splitlines()
     assert best == ["  cnn/softmax              0.3000  2 ep  b", "  cnn/gumbel               0.1000  2 ep  c"]
     assert max(len(line) for line in out.splitlines()) <= 120
+
+
+@pytest.mark.slow
+def test_a_space_from_a_file_runs_a_search(tmp_path):
+    """examples/my_space.py, as the README shows it: a define-by-run function and its settings in a file."""
+    done = subprocess.run([sys.executable, "-m", "tuning.search", "--space", "examples/my_space.py:tiny_cnn",
+                           "--storage", str(tmp_path), "--name", "mine", "--no-dashboard", "-q"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    spec = json.loads((tmp_path / "mine" / "spec.json").read_text())
+    assert spec["space"] == "tiny_cnn" and spec["settings"]["num_samples"] == 6
+    assert str(ROOT / "examples" / "my_space.py") + ":tiny_cnn" in spec["argv"]  # absolute: --resume finds it
+    assert "6 trials: " in done.stdout and ", 0 error" in done.stdout

@@ -47,8 +47,8 @@ from tuning.results import METRICS
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m tuning.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", help=f"a registered space: {', '.join(builtin_space_names())} (with --resume: "
-                   "spec.json's)")
+    p.add_argument("--space", help=f"a registered space: {', '.join(builtin_space_names())}; or your own, "
+                   "path/to/file.py:function (examples/my_space.py) (with --resume: spec.json's)")
     p.add_argument("--num-samples", type=int, help="trials in all, not per pair (default: the space's); with "
                    "--budget pairs each (arch, head) pair gets an equal share (+-1)")
     p.add_argument("--budget", choices=("pairs", "joint"), default="pairs",
@@ -272,6 +272,12 @@ def _local_gpus() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # spec.json keeps it: --resume re-reads it
+    if args.space and ":" in args.space and args.space.rsplit(":", 1)[0].endswith(".py"):  # a space in a file:
+        path, fn = args.space.rsplit(":", 1)  # kept absolute, so --resume finds it from any folder
+        absolute = f"{Path(path).expanduser().resolve()}:{fn}"
+        args.argv = [a.replace(args.space, absolute) if a in (args.space, f"--space={args.space}") else a
+                     for a in args.argv]
+        args.space = absolute
     return run_search(args)
 
 

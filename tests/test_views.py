@@ -75,11 +75,27 @@ def test_tensorboard_reads_every_trial_from_the_one_logdir(smoke_experiment):
     assert len(tags) == 12 and all("ray/tune/val_acc" in t for t in tags.values()), tags
 
 
-def test_mlflow_has_every_trial(smoke_experiment):
+def test_the_live_page_has_every_trial_with_its_pair_status_and_curve(smoke_experiment):
+    """The MLflow store behind the live page (the API the MLflow UI reads): one run per trial, tagged with
+    its pair and its final status as the search's own results say, with its whole val_acc curve."""
     import mlflow
 
-    exp, _, _ = smoke_experiment
-    client = mlflow.MlflowClient(f"sqlite:///{exp / 'mlflow.db'}")
+    import analysis
+
+    exp, _, out = smoke_experiment
+    command = _printed(out, "Live page ")
+    assert command[:3] == ["mlflow", "ui", "--backend-store-uri"] and command[3] == f"sqlite:///{exp / 'mlflow.db'}"
+    client = mlflow.MlflowClient(command[3])
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    assert len(runs) == 12 and all(r.data.metrics.get("val_acc") is not None for r in runs)
+    trials = analysis.load(exp)
+    by_trial = {r.data.tags["trial_id"]: r for r in runs}
+    assert len(runs) == 12 and set(by_trial) == set(trials["trial_id"])
+    for t in trials.itertuples():
+        run = by_trial[t.trial_id]
+        assert run.data.tags["pair"] == f"{t.arch}/{t.head}" and run.data.tags["status"] == t.status
+        assert len(client.get_metric_history(run.info.run_id, "val_acc")) == t.epochs_run
+    assert {r.data.tags["status"] for r in runs} >= {"completed", "pruned"}
     assert {r.data.params["head"] for r in runs} == set(heads.list_heads())
+    # the UI's filters work on the tags
+    pruned = client.search_runs([runs[0].info.experiment_id], "tags.status = 'pruned'")
+    assert {r.data.tags["trial_id"] for r in pruned} == set(trials[trials.status == "pruned"]["trial_id"])

@@ -28,7 +28,7 @@ from ray.tune import Callback
 
 from common.cli import NOTHING_USABLE, WIDTH, clip, short
 from common.status import COMPLETED, CONFIG_ERROR, DIVERGED, ERROR, FINISHED, RUNNING, trial_status
-from tuning.folder import ExperimentFolder
+from tuning.folder import ExperimentFolder, mlflow_uri
 from tuning.results import Results, config_columns
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -159,10 +159,13 @@ def resume_command(exp: ExperimentFolder) -> str:
                        "--storage", exp.storage, "--resume"])
 
 
-def print_views(exp: ExperimentFolder, dashboard_url: str | None, local: bool) -> None:
-    """The three live views, once, each a command or URL that works as printed."""
+def print_views(exp: ExperimentFolder, dashboard_url: str | None, local: bool, live: bool = False) -> None:
+    """The live views, once, each a command or URL that works as printed."""
     token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
     lines = [f"experiment      {exp.uri}"]
+    if live:
+        lines.append(f"Live page       mlflow ui --backend-store-uri {shlex.quote(mlflow_uri(exp))} --host 127.0.0.1  "
+                     "(every trial of every pair; stays after the search)")
     if dashboard_url:
         notes = (["token: `ray get-auth-token`"] if token else []) + (["closes when the search ends"] if local else [])
         lines.append(f"Ray dashboard   http://{dashboard_url}" + (f"  ({'; '.join(notes)})" if notes else ""))

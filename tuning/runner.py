@@ -73,15 +73,23 @@ def resume_callbacks(space: Space, exp: Experiment, args: argparse.Namespace) ->
     rung_epochs = console.rungs(s["grace_period"], s["reduction_factor"], space.max_epochs)
     return [console.Console(s["metric"], s["mode"], space.max_epochs, s["num_samples"], set(space.constants),
                             rung_epochs, level),
-            StateManifest(), *(tracker(name, exp) for name in args.callback)]
+            StateManifest(), *(tracker(name, exp, space.max_epochs) for name in trackers(args))]
 
 
-def tracker(name: str, exp: Experiment):
-    """Ray's own WandbLoggerCallback or MLflowLoggerCallback, imported only when asked for."""
+def trackers(args: argparse.Namespace) -> list[str]:
+    """--callback's trackers, with MLflow (the live page) unless --no-live."""
+    return list(dict.fromkeys([*args.callback, *(["mlflow"] if getattr(args, "live", False) else [])]))
+
+
+def tracker(name: str, exp: Experiment, max_epochs: int):
+    """Ray's own WandbLoggerCallback, or for MLflow tuning.live's (Ray's MLflowLoggerCallback with each
+    trial's pair and status as tags), imported only when asked for."""
+    if name == "mlflow":
+        from tuning.live import live_runs
+
+        return live_runs(exp, max_epochs)
     module, cls = TRACKERS[name][1].rsplit(".", 1)
     callback = getattr(importlib.import_module(module), cls)
-    if name == "mlflow":
-        return callback(tracking_uri=mlflow_uri(exp), experiment_name=exp.name, save_artifact=False)
     return callback(project=os.environ.get("WANDB_PROJECT", "headsweep"), group=exp.name)
 
 
@@ -131,7 +139,8 @@ def run(args: argparse.Namespace, space: Space, exp: Experiment, split: data.Spl
         check_cpus(space.resolved_settings()["cpus_per_trial"], ray.cluster_resources().get("CPU", 0.0), "the cluster")
         if args.gpus_per_trial is None and available:
             gpus = space.resolved_settings()["gpus_per_trial"]
-        print_views(exp, getattr(context, "dashboard_url", None), local=not args.address)
+        print_views(exp, getattr(context, "dashboard_url", None), local=not args.address,
+                    live="mlflow" in trackers(args))
         trainable = make_trainable(space, split, gpus)
         # Ray saves its state every second, not every 10 s or more: a driver killed after a trial
         # ended but before the next save resumes that trial from an older checkpoint and trains its

@@ -85,9 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the final checkpoint of the best trial of each (arch, head) pair; by default a "
                         "trial's checkpoints are removed when it ends (its metrics stay)")
     p.add_argument("--data-dir", default="data", help="folder with the official dataset files")
+    p.add_argument("--live", action=argparse.BooleanOptionalAction, default=True,
+                   help="the live page: every trial of every pair, its status and curves, in MLflow's store "
+                        "(MLFLOW_TRACKING_URI, else <experiment>/mlflow.db) for the MLflow UI; the search prints "
+                        "the command that opens it")
     p.add_argument("--callback", action="append", default=[], choices=sorted(TRACKERS),
-                   help="also log every trial to Weights & Biases or MLflow (Ray's own logger callbacks; the "
-                        "package must be installed; MLflow: MLFLOW_TRACKING_URI, else <experiment>/mlflow.db)")
+                   help="also log every trial to Weights & Biases (wandb) or MLflow (mlflow: what --live does; "
+                        "Ray's own logger callbacks; the package must be installed)")
     talk = p.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="store_true", help="print failures and the summary only")
     talk.add_argument("-v", "--verbose", action="store_true", help="also print every epoch's result and Ray's logs")
@@ -107,7 +111,8 @@ def builtin_space_names() -> list[str]:
 
 
 # Flags that say how this run of the search goes, not what it searches: a resume may change them.
-SESSION_FLAGS = ("storage", "name", "resume", "trust_state", "address", "dashboard", "dashboard_host", "callback", "quiet",
+SESSION_FLAGS = ("storage", "name", "resume", "trust_state", "address", "dashboard", "dashboard_host", "callback", "live",
+                 "quiet",
                  "verbose", "dry_run", "argv")
 
 
@@ -252,7 +257,10 @@ def run_search(args: argparse.Namespace) -> int:
     if not args.address:  # fail fast, before Ray starts
         check_gpus(args.gpus_per_trial, _local_gpus())
         check_cpus(space.resolved_settings()["cpus_per_trial"], os.cpu_count() or 1, "this machine")
-    if "mlflow" in args.callback and os.environ.get("MLFLOW_TRACKING_URI"):
+    if args.live and importlib.util.find_spec("mlflow") is None:
+        print("headsweep: no live page (pip install mlflow for it; --no-live silences this)", file=sys.stderr)
+        args.live = False
+    if ("mlflow" in args.callback or args.live) and os.environ.get("MLFLOW_TRACKING_URI"):
         check_mlflow(exp)  # (the default, a SQLite file in the experiment, opens wherever the folder can be made)
     exp.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:

@@ -28,7 +28,8 @@ from tuning.callbacks import EndedTrialCheckpoints, StateManifest
 from tuning.experiment import Experiment
 from tuning.optuna_pruned import PruningAwareOptunaSearch
 from tuning.pairs import PairedSearch, PerPairASHA, trial_dirname
-from tuning.folder import TRACKERS, mlflow_uri
+from tuning.folder import TRACKERS
+from tuning.live import live_runs
 from tuning.spec import first_trials, make_sampler, study_labels, trials_per_study
 from tuning.trainable import train_trial
 
@@ -85,8 +86,6 @@ def tracker(name: str, exp: Experiment, max_epochs: int):
     """Ray's own WandbLoggerCallback, or for MLflow tuning.live's (Ray's MLflowLoggerCallback with each
     trial's pair and status as tags), imported only when asked for."""
     if name == "mlflow":
-        from tuning.live import live_runs
-
         return live_runs(exp, max_epochs)
     module, cls = TRACKERS[name][1].rsplit(".", 1)
     callback = getattr(importlib.import_module(module), cls)

@@ -127,6 +127,9 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path, moment
                for row in trials.itertuples())
     others = [t for t in optuna_trials if t.user_attrs.get("ray_trial_id") not in set(trials.trial_id)]
     assert all(t.state.name == "FAIL" and "orphaned" in t.system_attrs.get("fail_reason", "") for t in others)
+    # Disk bounded after the kill: every trial ended, so no checkpoint folder is left (issue #31)
+    assert not list(exp.rglob("checkpoint_*")), sorted(str(p.relative_to(exp)) for p in exp.rglob("checkpoint_*"))
+    assert "checkpoints of ended trials removed" in done.stdout
 
 
 @pytest.mark.slow

@@ -107,13 +107,16 @@ class EndedTrialCheckpoints(Callback):
                 self._trim_running({t: c for t, (_, c) in saved.items() if c})
 
     def _trim_running(self, saved: dict[str, str]) -> None:
-        """Remove a running trial's checkpoints older than the one Ray's saved state names."""
+        """Remove a running trial's checkpoints older than the one before the checkpoint Ray's saved state
+        names. That one stays too: the saved state's last result can already name a new checkpoint while
+        Ray's checkpoint manager, which a restore reads, still holds the one before it (a worker killed
+        then restored from a deleted checkpoint_000004 and lost its trial)."""
         for trial_id, trial in list(self.running.items()):
             if trial_id in saved:
                 fs = trial.storage.storage_filesystem
-                for path in checkpoint_dirs(fs, trial.path):
-                    if path.rsplit("/", 1)[-1] < saved[trial_id]:
-                        fs.delete_dir(path)
+                older = [p for p in checkpoint_dirs(fs, trial.path) if p.rsplit("/", 1)[-1] < saved[trial_id]]
+                for path in older[:-1]:
+                    fs.delete_dir(path)
 
     def on_experiment_end(self, trials, **info):
         self._settle(lambda trial: True)

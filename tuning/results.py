@@ -111,6 +111,10 @@ class Results(ExperimentFolder):
         killed) are not trials."""
         return self.read_ray_trials()
 
+    def refresh(self) -> None:
+        """Forget the trials read so far: the next `trials()` reads the files anew (a search writes them)."""
+        self.__dict__.pop("_ray_trials", None)
+
     def read_ray_trials(self) -> list[RayTrial]:
         """`_ray_trials`, read anew."""
         name = newest_state(*self._fs())

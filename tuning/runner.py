@@ -9,8 +9,10 @@ import functools
 import importlib
 import logging
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 import ray
 from ray import tune
@@ -19,7 +21,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from common.cli import INTERRUPTED, NOTHING_USABLE, check_cpus, check_gpus
-from common.status import RUNNING
+from common.status import DIVERGED, FINISHED, RUNNING
 from search_spaces._registry import DataInfo, Pair, Space, define_by_run
 from training import data
 from tuning import console
@@ -147,6 +149,8 @@ def run(args: argparse.Namespace, space: Space, exp: Experiment, split: data.Spl
         # is ~1.3 MB of JSON, ~8 ms, and steps come ten a second. The user's value wins.)
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         ended_before = exp.ended_trial_ids() if args.resume else set()
+        if args.resume:  # what a killed driver left: the checkpoints of trials that had ended
+            remove_ended_checkpoints(exp, args.keep_best_weights)
         if args.resume and tune.Tuner.can_restore(exp.uri):
             tuner = restore_tuner(exp, trainable, space, args)
         else:
@@ -171,6 +175,7 @@ def run(args: argparse.Namespace, space: Space, exp: Experiment, split: data.Spl
         if orphans:
             print(f"{orphans} Optuna trial(s) left RUNNING by a killed driver marked FAIL (not results)")
         exp.sync_journal()
+        remove_ended_checkpoints(exp, args.keep_best_weights)  # the summary's disk line says they are gone
         lost = ended_before - exp.ended_trial_ids() if ended_before else set()
         if lost:
             print(f"error: the resumed search lost {len(lost)} trial(s) that had ended ({', '.join(sorted(lost))}); "
@@ -186,6 +191,29 @@ def run(args: argparse.Namespace, space: Space, exp: Experiment, split: data.Spl
         raise
     finally:
         ray.shutdown()
+
+
+def remove_ended_checkpoints(exp: Experiment, keep_best: bool) -> int:
+    """Remove the checkpoint folders of every trial Ray's saved state records as ended (not errored: a resume
+    retries those from their checkpoint), keeping the best trial's last one per pair with --keep-best-weights.
+    The callback does this as trials end; this sweep bounds the disk after a driver was killed. Returns
+    the number of folders removed."""
+    if exp.is_uri:
+        return 0
+    exp.refresh()
+    trials = exp.trials()
+    exp.refresh()  # the search goes on writing them
+    if trials.empty:
+        return 0
+    ended = trials[trials["status"].isin(FINISHED + (DIVERGED,)) & trials["trial_id"].isin(exp.ended_trial_ids())]
+    kept = set(exp.best(trials[trials["status"].isin(FINISHED)])["trial_id"]) if keep_best else set()
+    removed = 0
+    for row in ended.itertuples():
+        folders = sorted(Path(row.path).glob("checkpoint_*"))[:-1 if row.trial_id in kept else None]
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        removed += len(folders)
+    return removed
 
 
 class _RayRestoreHint(logging.Filter):

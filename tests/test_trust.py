@@ -324,11 +324,23 @@ def test_resume_refuses_crafted_or_truncated_state_and_runs_none_of_it(smoke_exp
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and f"{exp}/{target.name}" in lines[0] and "Traceback" not in done.stderr, lines
         assert not marker.exists()
-    # With the kept copy, a cut-short or crafted file is replaced by the last whole save: the
-    # resume says so and goes on, and still runs none of the crafted code.
+    # With the kept copy of the last whole save, a crafted (whole but changed) file is still refused: it
+    # was not cut short, and putting an older save back would roll the experiment back (issue #31) ...
     exp = tmp_path / "kept"
     shutil.copytree(source, exp)
     (exp / searcher).write_bytes(pickle.dumps(Crafted(marker)))
+    done = _resume(tmp_path, "kept")
+    assert done.returncode == 2 and f"{exp}/{searcher} differs" in done.stderr, done.stderr[-2000:]
+    # ... a changed experiment state (valid JSON) too ...
+    shutil.rmtree(exp)
+    shutil.copytree(source, exp)
+    (exp / state).write_text(json.dumps({**json.loads((exp / state).read_text()), "changed": True}))
+    done = _resume(tmp_path, "kept")
+    assert done.returncode == 2 and f"{exp}/{state} differs" in done.stderr, done.stderr[-2000:]
+    # ... while a file cut short is replaced by the last whole save: the resume says so and goes on.
+    shutil.rmtree(exp)
+    shutil.copytree(source, exp)
+    (exp / searcher).write_bytes((exp / searcher).read_bytes()[:100])
     done = _resume(tmp_path, "kept")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"headsweep: {searcher} was cut short when the search stopped" in done.stdout and not marker.exists()
@@ -358,3 +370,14 @@ def test_reporting_and_retraining_a_crafted_real_experiment_run_none_of_its_pick
     assert report.main([str(exp)]) == 0
     assert retrain.main([str(exp), "--seeds", "1", "--epochs", "1"]) == 0
     assert not marker.exists()
+
+
+def test_only_a_file_that_does_not_parse_whole_counts_as_cut_short(tmp_path):
+    """`repair` puts back a save only for a torn write; a whole file that differs was changed (refused)."""
+    whole = pickle.dumps({"searcher": [1, 2, 3]})
+    assert not manifest.torn("searcher-state-1.pkl", whole)
+    assert manifest.torn("searcher-state-1.pkl", whole[:-3]) and manifest.torn("searcher-state-1.pkl", b"")
+    assert not manifest.torn("searcher-state-1.pkl", pickle.dumps(Crafted(tmp_path / "m")))  # crafted, but whole
+    assert not (tmp_path / "m").exists()  # reading the opcodes ran nothing
+    assert not manifest.torn("experiment_state-1.json", b'{"trial_data": []}')
+    assert manifest.torn("experiment_state-1.json", b'{"trial_da') and manifest.torn("x.json", b"\xff{")

@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import os
+import pickletools
 import secrets
 from pathlib import Path
 
@@ -171,11 +172,29 @@ def publish(fs, where: str, staging: Path, staged: dict[str, bytes]) -> list[str
     return names
 
 
+def torn(name: str, data: bytes) -> bool:
+    """Provably cut short: JSON that does not parse, or a pickle whose opcodes end before a STOP (read
+    with pickletools, which runs nothing). A file that parses whole but differs was changed, not cut."""
+    if name.endswith(".json"):
+        try:
+            json.loads(data)
+            return False
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return True
+    try:
+        ops = list(pickletools.genops(data))
+    except Exception:  # noqa: BLE001 - genops raises ValueError, KeyError, ... on a cut stream
+        return True
+    return not ops or ops[-1][0].name != "STOP"
+
+
 def repair(fs, where: str) -> list[str]:
-    """Put the kept copy of the last whole save (`record`) back in place of each state file the
-    signed manifest does not vouch for, or that is missing: a copy into the experiment cut short
-    by a killed driver. Returns the names put back; does nothing when the manifest is not signed
-    with this key (`verify` refuses then)."""
+    """Put the kept copy of the last whole save (`record`) back in place of each state file that a
+    killed driver's copy left cut short (`torn`) or missing. A file that parses whole but that the
+    signed manifest does not vouch for was changed after the search wrote it: it stays, and `verify`
+    refuses it (putting the older save back would roll the experiment back past what Optuna and the
+    trial folders already hold). Returns the names put back; does nothing when the manifest is not
+    signed with this key (`verify` refuses then)."""
     where = where.rstrip("/")
     files = _signed_files(_read(fs, f"{where}/{MANIFEST_FILE}"), load_key())
     if files is None:
@@ -183,8 +202,8 @@ def repair(fs, where: str) -> list[str]:
     stored, kept = _state_files(fs, where), _state_files(fs, f"{where}/{BACKUP_DIR}")
     repaired = []
     for name, hashes in sorted(files.items()):
-        good = name in stored and digest(stored[name]) in hashes
-        if not good and name in kept and digest(kept[name]) in hashes:
+        cut = name not in stored or (digest(stored[name]) not in hashes and torn(name, stored[name]))
+        if cut and name in kept and digest(kept[name]) in hashes:
             _write(fs, f"{where}/{name}", kept[name])
             repaired.append(name)
     return repaired

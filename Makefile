@@ -28,9 +28,10 @@ demo: install
 	$(PY) -m analysis.retrain experiments/demo --seeds 2
 	$(PY) -m analysis.report experiments/demo
 
-# The headline study (results/study-cpu/): search -> retrain (3 seeds) -> report of cnn_base and cnn_bn4
-# x every head on CIFAR-100 plus a Fashion-MNIST check, about 100 minutes on 2 CPU cores. Run it again
-# after a stop: finished stages are skipped and the search resumes.
+# The headline study (results/study-cpu/): search -> retrain (3 seeds) -> budget curve -> report of airnet_s
+# x every head on CIFAR-100 plus airnet_s + softmax on Fashion-MNIST: hours on 2 CPU cores (the README says
+# how many). Run it again after a stop, here or on a fresh clone: the committed stages are skipped, the
+# search resumes and the retrain runs only the (config, seed) runs without a file.
 study: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m analysis.study --scale cpu --data-dir $(DATA_DIR)
 

@@ -2,23 +2,28 @@
 
 One command per scale runs, for each part of the study (CIFAR-100 backbones x every head; a
 Fashion-MNIST check), the search (fixed seed, per-pair budgets) -> `analysis.retrain` (3 seeds,
-each model evaluated once on the test set) -> `analysis.report`, then `tools.heads_bench` for the heads'
-measured cost at large C, and writes `results/study-<scale>/`: `report.md` with its figures,
+each model evaluated once on the test set) -> the budget curve (softmax's best at other epochs) ->
+`analysis.report`, then `tools.heads_bench` for the heads' measured cost at large C, and writes
+`results/study-<scale>/`: `report.md` with its figures,
 `trials.parquet`, `history.parquet`, `final.parquet`, `spec.json` (the scale, each part's experiment spec and the
 wall time of every stage) and `command.txt`.
 
 Each stage is a subprocess whose output goes to `<work>/study-<scale>/logs/`; a stage that ended
-well is recorded in `stages.json` and skipped when the command is run again, so a study that
-was stopped (Ctrl-C, a crash, a lost machine) goes on where it was: an unfinished search
-resumes (`--resume`), and nothing already computed is lost.
+well is recorded in `results/study-<scale>/stages/stages.json` with its small outputs beside it
+(committed), and skipped when the command is run again, here or on a fresh clone: a study that was
+stopped (Ctrl-C, a crash, a lost machine) goes on where it was. An unfinished search resumes
+(`--resume`); a retrain goes on per (config, seed) run, each finished run kept in its own file.
 
 Scales:
-- `cpu` (default, about 100 minutes on 2 cores): cnn_base and cnn_bn4 x every head on CIFAR-100
-  (3 trials per pair on 10,000 training images, 5 epochs; retrain on all 50,000), plus cnn_bn4 +
-  softmax on Fashion-MNIST;
+- `cpu` (default; hours on 2 cores, run it again after a stop: it goes on from the committed
+  stages): airnet_s x every head on CIFAR-100 (8 trials per pair on 10,000 training images,
+  8 epochs, ASHA; then 3 seeds of each pair's best at 10 epochs on all 50,000), softmax's best
+  at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST;
 - `gpu`: resnet18, vit_tiny, efficientnet_b0 x every head, 30 epochs, 4 trials per pair packed four
   to a GPU (not run yet; about 4 hours on one H100 by an estimate);
 - `tiny`: the smoke space on generated data (a minute or two): the test of this command.
+
+`--report-only` writes results/study-<scale>/ from the stages done so far (a partial study).
 """
 from __future__ import annotations
 

@@ -35,7 +35,12 @@ def _results(experiment: Path) -> dict[str, list[dict]]:
     out = {}
     for folder in (f for f in experiment.iterdir() if (f / "params.json").exists()):  # Ray writes it at start
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").exists() else []
-        out[folder.name] = [json.loads(line) for line in lines]
+        out[folder.name] = []
+        for line in lines:
+            try:
+                out[folder.name].append(json.loads(line))
+            except json.JSONDecodeError:  # the last line, which Ray is writing now
+                break
     return out
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 import heads
 from analysis.compare import data_caveat, finished, versus_softmax
-from analysis.report import _plt, plot_confusion
+from analysis.report_doc import _plt, plot_confusion
 from analysis.results import to_parquet
 from common.status import ERROR, FINISHED, PRUNED
 

@@ -11,10 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The commands users run; their --help must not wait for torch (seconds on a busy 2-core machine).
-FAST = ["tuning.search", "analysis.retrain", "analysis.study", "training.train", "training.fake_data",
-        "training.many_classes", "tools.gpu_check"]
-# Benchmarks and the report, which import torch at their top: named in `usage:` all the same.
-ALL = [*FAST, "analysis.report", "tools.heads_bench", "tools.learnability", "tools.train_bench"]
+FAST = ["tuning.search", "analysis.retrain", "analysis.study", "analysis.report", "training.train",
+        "training.fake_data", "training.many_classes", "tools.gpu_check"]
+# The benchmarks, which import torch at their top (seconds): named in `usage:` all the same.
+ALL = [*FAST, "tools.heads_bench", "tools.learnability", "tools.train_bench"]
 
 _PROBE = """import runpy, sys
 sys.argv = [{module!r}, "--help"]

@@ -208,7 +208,8 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
         resume = ["--resume"] if (exp / "spec.json").exists() else []  # a search stopped before it ended
         if stages.run(f"{part.name}/search", module("tuning.search", "--storage", str(work), "--name", part.name,
                                                    "--seed", str(seed), "--no-dashboard", "-q", *data,
-                                                   *(resume or part.search))):
+                                                   *(resume or part.search))) or (
+                (exp / "spec.json").exists() and not (kept / "spec.json").exists()):  # (a stop before it was kept)
             publish_search(exp, kept)
         chosen = kept / "retrain" / "chosen.json"  # a retrain started before (here or on another machine)
         epochs = ["--epochs", str(part.retrain_epochs)] if part.retrain_epochs else []

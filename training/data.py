@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import gzip
 import json
+import os
 import pickle
 import tempfile
 import zlib
@@ -274,8 +275,10 @@ def _ensure(files: list[Path], what: str, fetch, download: bool) -> None:
             reason = "download did not produce them"
     else:
         reason = "downloading is off"
-    missing = "\n  ".join(str(f) for f in files if not f.is_file())
-    raise DataNotFoundError(f"{what} files are missing and {reason}. Put the official files here:\n  {missing}")
+    missing = [f for f in files if not f.is_file()]
+    folder = os.path.commonpath([str(f.parent) for f in missing])
+    raise DataNotFoundError(f"{what} files are missing and {reason}: put the official "
+                            f"{', '.join(os.path.relpath(f, folder) for f in missing)} in {folder}")
 
 
 # ---------------------------------------------------------------- readers

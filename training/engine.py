@@ -14,6 +14,7 @@ backbone with `data_init(images)` (airnet's whitening filters) gets the training
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -86,6 +87,8 @@ class _Run:
 
 
 def resolve_device(name: str) -> torch.device:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):  # torch.device("") raises RuntimeError
+        raise ValueError(f"device={name!r} is not allowed: must be auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

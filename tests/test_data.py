@@ -76,7 +76,7 @@ def test_missing_data_offline_says_what_to_put_where(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(data, "_fetch", offline)
-    with pytest.raises(data.DataNotFoundError, match=r"download failed \(URLError.*\n.*cifar-100-python/train"):
+    with pytest.raises(data.DataNotFoundError, match=r"download failed \(URLError.*: put the official train, test, meta in .*cifar-100-python"):
         data.load_dataset("cifar100", tmp_path)
     with pytest.raises(data.DataNotFoundError, match="downloading is off"):
         data.load_dataset("fashion_mnist", tmp_path, download=False)

@@ -48,7 +48,10 @@ class LocalCluster:
         self.token_file.write_text(secrets.token_hex(32))
         self.port, self.dashboard_port = free_port(), free_port()
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_file),
-                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                    # `ray job stop` SIGKILLs a job 3 s after its SIGTERM by default: on a busy machine the
+                    # search's graceful stop (Ray's last state save, the resume line) needs longer
+                    "RAY_JOB_STOP_WAIT_TIME_S": "60"}
         self.env.pop("RAY_AUTH_TOKEN", None)
         self.env.pop("RAY_ADDRESS", None)
         self.procs: list[subprocess.Popen] = []

@@ -103,7 +103,12 @@ def test_search_as_a_ray_job_stops_and_resumes(cluster, tmp_path):
     # The Jobs page's data: the job, stopped, with the driver's own output in its logs.
     status, body = _get(f"{cluster.dashboard}/api/jobs/hs-j-1", cluster.token)
     assert status == 200 and json.loads(body)["status"] == "STOPPED", body
-    logs = cluster.run([RAY, "job", "logs", "--address", cluster.dashboard, "hs-j-1"], timeout=60).stdout
+    deadline = time.monotonic() + 60  # the driver's last lines reach the job's log a moment after it stops
+    while True:
+        logs = cluster.run([RAY, "job", "logs", "--address", cluster.dashboard, "hs-j-1"], timeout=60).stdout
+        if "interrupted; continue with:" in logs or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     assert "experiment      " in logs and " start " in logs, logs[-3000:]
     # The job's SIGTERM stopped the search as Ctrl-C does: Ray saved its state and said how to go on.
     assert "interrupted; continue with:" in logs, logs[-3000:]

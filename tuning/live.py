@@ -11,6 +11,8 @@ the experiment folder unless MLFLOW_TRACKING_URI says otherwise, outlives the se
 """
 from __future__ import annotations
 
+import os
+
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from common.status import ERROR, RUNNING, trial_status
@@ -23,7 +25,16 @@ class LiveRuns(MLflowLoggerCallback):
         self.max_epochs = max_epochs
 
     def setup(self, *args, **kwargs):
-        super().setup(*args, **kwargs)
+        # MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ: a second search in this
+        # process (a notebook, the tests) would then log to this one's store. Put it back as it was.
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            super().setup(*args, **kwargs)
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.tracking_uri)

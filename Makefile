@@ -43,7 +43,7 @@ study-gpu: install
 test: install
 	$(PY) -m pytest -q
 
-# The edit-test loop (97 s measured on 2 CPUs): no Ray start, no CLI subprocess, no real-data training.
+# The edit-test loop (93 s measured on 2 CPUs): no Ray start, no CLI subprocess, no real-data training.
 # HEADSWEEP_FAST_TIER makes a test that starts Ray anyway fail, so the tier stays fast.
 test-fast: install
 	HEADSWEEP_FAST_TIER=1 $(PY) -m pytest -q -m "not slow"

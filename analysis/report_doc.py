@@ -1,14 +1,5 @@
 """The report's sections and figures for `python -m analysis.report EXPERIMENT` (analysis/report.py, the
-command line, imports this once its arguments are known): `<experiment>/analysis/report.md` with PNG
-figures.
-
-Sections: summary (mean +- std over seeds per backbone x head), each head against softmax
-on its backbone (paired over seeds), accuracy against epoch time with the Pareto front,
-learning curves of the best trials, trials surviving each ASHA rung, confusion matrices
-(fine and coarse, with class names), parameter importance (Optuna, where a study has enough
-trials), the heads' cost (measured and from complexity()), observations computed from the
-numbers, and provenance with the caveat that fits the data. Test-set numbers come from
-`analysis.retrain` (final.parquet); without it the report says so and shows the search alone.
+command line, says what the report holds and imports this once its arguments are known).
 """
 from __future__ import annotations
 

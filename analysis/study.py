@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work).resolve() / name, Path(args.out).resolve() / name  # stages run from the root
     data_dir = str(Path(args.data_dir).resolve())
     command = shlex.join(["python", "-m", "analysis.study", *(argv if argv is not None else sys.argv[1:])])
+    if args.report_only and (out / "command.txt").is_file():  # the report is still the last run's work
+        command = (out / "command.txt").read_text().strip()
     print(f"{name}: {scale.description}\nwork folder {work}; results into {out}", flush=True)
     start = time.time()
     try:

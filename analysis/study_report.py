@@ -294,14 +294,16 @@ def plot_curves(history: pd.DataFrame, curve: pd.DataFrame, final: pd.DataFrame,
         md += ["![budget](figures/budget.png)", ""]
     ok = finished(final)
     if len(ok):
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for (part, arch, head), g in ok.groupby(["part", "arch", "head"], sort=False):
-            ax.errorbar(g["epoch_time_s_mean"].mean() * g["epochs"].mean() / 60, g["accuracy"].mean(),
-                        yerr=g["accuracy"].std() if len(g) > 1 else 0, marker="o", capsize=3,
-                        label=f"{part}: {arch} + {head}")
-        ax.set(xlabel="minutes per training run (mean)", ylabel="test accuracy (mean +- std over seeds)",
-               title="accuracy against cost")
-        ax.legend(fontsize=7)
+        parts = list(dict.fromkeys(ok["part"]))  # one panel per dataset: their accuracies differ by far more
+        fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.5), squeeze=False)
+        for ax, part in zip(axes[0], parts):
+            for (arch, head), g in ok[ok["part"] == part].groupby(["arch", "head"], sort=False):
+                ax.errorbar(g["epoch_time_s_mean"].mean() * g["epochs"].mean() / 60, g["accuracy"].mean(),
+                            yerr=g["accuracy"].std() if len(g) > 1 else 0, marker="o", capsize=3,
+                            label=f"{arch} + {head}")
+            ax.set(xlabel="minutes per training run (mean)", ylabel="test accuracy (mean +- std over seeds)",
+                   title=f"{part}: accuracy against cost")
+            ax.legend(fontsize=7)
         fig.savefig(out / "figures" / "accuracy_vs_cost.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         md += ["![accuracy vs cost](figures/accuracy_vs_cost.png)", ""]

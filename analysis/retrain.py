@@ -81,17 +81,18 @@ def retrain(args) -> int:
 
     source = Path(args.experiment)
     exp = None if source.is_file() else Results.open(args.experiment)
-    settings = read_chosen(source).get("settings", {}) if exp is None else exp.settings
+    given = read_chosen(source) if exp is None else None  # a chosen.json an earlier retrain wrote
+    settings = given.get("settings", {}) if exp is None else exp.settings
     cpus = args.cpus_per_task or settings.get("cpus_per_trial", 1.0)
     if not args.address:  # more than this machine has would wait forever
         check_gpus(args.gpus_per_task, torch.cuda.device_count(), "--gpus-per-task")
         check_cpus(cpus, os.cpu_count() or 1, "this machine", "--cpus-per-task")
     if exp is None:
-        chosen, out_dir = read_chosen(source), Path(args.out) if args.out else source.parent
+        chosen, out_dir = given, Path(args.out) if args.out else source.parent
     else:
         chosen, out_dir = chosen_jobs(exp, args.top_k, args.seeds), Path(args.out) if args.out else exp.analysis_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not source.is_file():
+    if exp is not None:
         (out_dir / CHOSEN_FILE).write_text(json.dumps(chosen, indent=1, default=str))
     ds = data.load_for(chosen.get("constants", {}), args.data_dir or chosen.get("data_dir") or "data",
                        chosen.get("fake_data", False))

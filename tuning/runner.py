@@ -9,11 +9,10 @@ import functools
 import importlib
 import logging
 import os
-import shutil
 import signal
 import sys
-from pathlib import Path
 
+import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
@@ -26,7 +25,7 @@ from search_spaces._registry import DataInfo, Pair, Space, define_by_run
 from training import data
 from tuning import console
 from tuning.console import print_views, resume_command, summarize
-from tuning.callbacks import EndedTrialCheckpoints, StateManifest
+from tuning.callbacks import EndedTrialCheckpoints, StateManifest, remove_checkpoints
 from tuning.experiment import Experiment
 from tuning.optuna_pruned import PruningAwareOptunaSearch
 from tuning.pairs import PairedSearch, PerPairASHA, trial_dirname
@@ -193,27 +192,22 @@ def run(args: argparse.Namespace, space: Space, exp: Experiment, split: data.Spl
         ray.shutdown()
 
 
-def remove_ended_checkpoints(exp: Experiment, keep_best: bool) -> int:
+def remove_ended_checkpoints(exp: Experiment, keep_best: bool) -> None:
     """Remove the checkpoint folders of every trial Ray's saved state records as ended (not errored: a resume
     retries those from their checkpoint), keeping the best trial's last one per pair with --keep-best-weights.
-    The callback does this as trials end; this sweep bounds the disk after a driver was killed. Returns
-    the number of folders removed."""
+    The callback does this as trials end; this sweep bounds the disk after a driver was killed."""
     if exp.is_uri:
-        return 0
-    exp.refresh()
+        return
+    exp.refresh()  # what the folder holds now, not a list read earlier
     trials = exp.trials()
-    exp.refresh()  # the search goes on writing them
+    exp.refresh()  # the search goes on writing it
     if trials.empty:
-        return 0
+        return
     ended = trials[trials["status"].isin(FINISHED + (DIVERGED,)) & trials["trial_id"].isin(exp.ended_trial_ids())]
     kept = set(exp.best(trials[trials["status"].isin(FINISHED)])["trial_id"]) if keep_best else set()
-    removed = 0
+    fs = pyarrow.fs.LocalFileSystem()
     for row in ended.itertuples():
-        folders = sorted(Path(row.path).glob("checkpoint_*"))[:-1 if row.trial_id in kept else None]
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        removed += len(folders)
-    return removed
+        remove_checkpoints(fs, row.path, keep_last=row.trial_id in kept)
 
 
 class _RayRestoreHint(logging.Filter):

@@ -31,6 +31,7 @@ import argparse
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +54,14 @@ class Part:
     # softmax's best config trained once (seed 0) at each of these budgets too: with the retrain's budget, the
     # accuracy-vs-epochs curve that says whether that budget has converged
     curve: tuple[int, ...] = ()
+    cpus_per_task: float | None = None  # the retrain's CPUs per run (default: the scale's)
+
+    @property
+    def dataset(self) -> str:
+        """The dataset its search trains on (`--dataset`, cifar100 by default): parts on one dataset share
+        the report's panels and the seed reports' rows."""
+        args = list(self.search)
+        return args[args.index("--dataset") + 1] if "--dataset" in args else "cifar100"
 
 
 @dataclass(frozen=True)
@@ -94,9 +103,9 @@ SCALES = {s.name: s for s in (
            Part("cifar100_cnns", _cnn_search("--set", "arch=[cnn_base,cnn_keras]", "--set", "head=[softmax,gumbel]",
                                              "--set", "epochs=8", "--num-samples", "32"), seeds=1, retrain_epochs=50),
            # the VGG-like CNN (61% after 8 hours on a CPU): ~220 s an epoch on one core, so 6 trials of 5
-           # epochs and one seed at 15 epochs (~1 hour)
+           # epochs, then one seed at 15 epochs on both cores (~35 min)
            Part("cifar100_vgg", _cnn_search("--set", "arch=cnn_vgg", "--set", "head=softmax", "--set", "epochs=5",
-                                            "--num-samples", "6"), seeds=1, retrain_epochs=15)),
+                                            "--num-samples", "6"), seeds=1, retrain_epochs=15, cpus_per_task=2)),
           ("--classes", "100,10000,100000", "--dim", "256", "--batch", "128", "--repeats", "3", "--min-time", "0.3"),
           targets={("cifar100", None): 0.61, ("fashion_mnist", None): 0.935}),
     Scale("gpu", "CIFAR-100: resnet18, vit_tiny, efficientnet_b0 x every head (4 trials per pair, 30 epochs, "
@@ -143,7 +152,7 @@ class Stages:
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
         with log.open("a") as out:
-            rc = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+            rc = run_to_the_end(argv, out)
         seconds = time.time() - start
         tail = log.read_text(errors="replace").splitlines()[-15:]
         if rc != 0:
@@ -167,6 +176,26 @@ def read_stages(keep: Path) -> dict:
 
 class StageFailed(RuntimeError):
     pass
+
+
+STOP_WAIT_S = 300  # a stopped search saves its state and ends its trials; a retrain ends its runs in progress
+
+
+def run_to_the_end(argv: list[str], out) -> int:
+    """Run a stage; on Ctrl-C or SIGTERM pass one SIGINT on and wait for the stage's own clean stop (a search
+    saves its state and ends Ray), then stop too. The stage runs in a session of its own so that a Ctrl-C at
+    the terminal reaches it once, from here (subprocess.run would SIGKILL it and leave Ray's processes)."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def read_json(path: Path):
@@ -222,12 +251,13 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
             publish_search(exp, kept)
         chosen = kept / "retrain" / "chosen.json"  # a retrain started before (here or on another machine)
         epochs = ["--epochs", str(part.retrain_epochs)] if part.retrain_epochs else []
+        cpus = f"{part.cpus_per_task or scale.cpus_per_task:g}"
         stages.run(f"{part.name}/retrain", module("analysis.retrain", str(chosen if chosen.exists() else exp),
                                                  "--out", str(kept / "retrain"), "--seeds", str(part.seeds),
-                                                 "--cpus-per-task", f"{scale.cpus_per_task:g}", *epochs, *data))
+                                                 "--cpus-per-task", cpus, *epochs, *data))
         if part.curve:
             stages.run(f"{part.name}/curve", module("analysis.retrain", str(curve_jobs(kept, part.curve)), "-q",
-                                                   "--cpus-per-task", f"{scale.cpus_per_task:g}", *data))
+                                                   "--cpus-per-task", cpus, *data))
         if not (exp / "spec.json").exists():
             print(f"  {part.name}/report: skipped, its search's experiment is not on this machine (the study's "
                   "report is made from the committed stages alone)", flush=True)
@@ -258,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run no stage: write results/study-<scale>/ from the stages done so far (a partial report)")
     args = p.parse_args(argv)
     scale = SCALES[args.scale]
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops the stage in progress cleanly too
     if not scale.fake_data and not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir={args.data_dir}: no such folder (it must hold cifar-100-python/ and "
                          "fashion-mnist/)")

@@ -25,7 +25,7 @@ METRICS = {"accuracy": "accuracy", "top5_accuracy": "top-5", "precision_macro": 
            "f1_macro": "F1", "cohen_kappa": "kappa", "ece": "ECE"}
 
 # Figures others reported (the seed reports): single runs, other splits (the official one), their own budgets.
-# `here` names the same architecture's (part, arch, head) in this study (head None = every head; a
+# `here` names the same architecture's (dataset, arch, head) in this study, in whichever part trained it (head None = every head; a
 # (low, high) figure is set beside the range of the pairs' means); every row is also set beside the best
 # backbone of the part with the same head.
 PUBLISHED = (
@@ -44,7 +44,7 @@ PUBLISHED = (
 )
 
 
-FINAL_COLUMNS = ["part", "arch", "head", "seed", "status", "epochs", "accuracy", "epoch_time_s_mean"]  # when none ran
+FINAL_COLUMNS = ["part", "dataset", "arch", "head", "seed", "status", "epochs", "accuracy", "epoch_time_s_mean"]  # when none ran
 
 
 def _pm(values: pd.Series, fmt: str = ".4f") -> str:
@@ -70,9 +70,10 @@ def load_parts(scale, keep: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
         history.append(pd.read_parquet(kept / "history.parquet").assign(part=part.name))
         path, runs = kept / "retrain" / "final.parquet", sorted((kept / "retrain" / "runs").glob("*.json"))
         if path.exists():
-            finals.append(pd.read_parquet(path).assign(part=part.name))
+            finals.append(pd.read_parquet(path).assign(part=part.name, dataset=part.dataset))
         elif runs:  # a retrain still under way: the runs that finished
-            finals.append(pd.DataFrame([json.loads(f.read_text()) for f in runs]).assign(part=part.name))
+            finals.append(pd.DataFrame([json.loads(f.read_text()) for f in runs]).assign(part=part.name,
+                                                                                       dataset=part.dataset))
     final = pd.concat(finals, ignore_index=True) if finals else pd.DataFrame(columns=FINAL_COLUMNS)
     return (pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=["part", "status"]),
             pd.concat(history, ignore_index=True) if history else pd.DataFrame(columns=["part"]), final, specs)
@@ -179,10 +180,10 @@ def published_table(final: pd.DataFrame) -> pd.DataFrame:
     """Each figure the seed reports quote: theirs and budget, the same architecture here, and the best backbone
     here with the same head; `beaten` when this study's mean is above their figure (the top of a range)."""
     ok, rows = finished(final), []
-    for what, figure, budget, (part, arch, head) in PUBLISHED:
+    for what, figure, budget, (dataset, arch, head) in PUBLISHED:
         theirs = f"{figure[0]:.2%} to {figure[1]:.2%}" if isinstance(figure, tuple) else f"{figure:.2%}"
         top = figure[1] if isinstance(figure, tuple) else figure
-        in_part = ok[(ok["part"] == part) & ((ok["head"] == head) if head else True)]
+        in_part = ok[(ok["dataset"] == dataset) & ((ok["head"] == head) if head else True)]
         same = in_part[in_part["arch"] == arch] if arch else in_part
         row = {"reported elsewhere": what, "their test accuracy": theirs, "their budget": budget,
                "same architecture here": "not run at this scale", "best backbone here": "not run at this scale",
@@ -294,15 +295,15 @@ def plot_curves(history: pd.DataFrame, curve: pd.DataFrame, final: pd.DataFrame,
         md += ["![budget](figures/budget.png)", ""]
     ok = finished(final)
     if len(ok):
-        parts = list(dict.fromkeys(ok["part"]))  # one panel per dataset: their accuracies differ by far more
-        fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.5), squeeze=False)
-        for ax, part in zip(axes[0], parts):
-            for (arch, head), g in ok[ok["part"] == part].groupby(["arch", "head"], sort=False):
+        datasets = list(dict.fromkeys(ok["dataset"]))  # one panel per dataset: their accuracies differ by far more
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
+        for ax, dataset in zip(axes[0], datasets):
+            for (arch, head), g in ok[ok["dataset"] == dataset].groupby(["arch", "head"], sort=False):
                 ax.errorbar(g["epoch_time_s_mean"].mean() * g["epochs"].mean() / 60, g["accuracy"].mean(),
                             yerr=g["accuracy"].std() if len(g) > 1 else 0, marker="o", capsize=3,
                             label=f"{arch} + {head}")
             ax.set(xlabel="minutes per training run (mean)", ylabel="test accuracy (mean +- std over seeds)",
-                   title=f"{part}: accuracy against cost")
+                   title=f"{dataset}: accuracy against cost")
             ax.legend(fontsize=7)
         fig.savefig(out / "figures" / "accuracy_vs_cost.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -450,6 +451,7 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
            *[f"- [{p.name}]({p.name}/report.md): search budget, learning curves, ASHA rungs, parameter importance"
              if (keep / p.name / "report" / "report.md").exists() else
              f"- {p.name}: not kept (its search's experiment folder was not on the machine that made this report)"
+             if f"{p.name}/search" in done else f"- {p.name}: not run yet"
              for p in scale.parts], "",
            "## Provenance", "", *provenance(specs), ""]
     return md

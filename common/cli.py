@@ -30,6 +30,15 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ValueError(f"{message} (see --help)")
 
+    def add_argument(self, *args, **kwargs):
+        """Every default in --help: appended to an option's help unless the help already names it."""
+        default, text = kwargs.get("default"), kwargs.get("help")
+        if text != argparse.SUPPRESS and default not in (None, False, argparse.SUPPRESS) and \
+                "default" not in (text or "") and "%(default)" not in (text or ""):
+            shown = str(default).replace("%", "%%")  # argparse %-formats the help
+            kwargs["help"] = f"{text} (default: {shown})" if text else f"default: {shown}"
+        return super().add_argument(*args, **kwargs)
+
 
 def guard(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Wrap a CLI's `main(argv) -> exit code`: a user error prints `error: ...` and returns 2, Ctrl-C 130."""

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from analysis import report, retrain, study
-from tools import gpu_check, heads_bench, train_bench
+from tools import _heads_bench, _train_bench, gpu_check, heads_bench, train_bench
 from training import fake_data, many_classes, train
 from tuning import search
 
@@ -70,7 +70,7 @@ def no_work(monkeypatch):
     import tuning.runner
 
     for target in (training.engine.fit, tuning.runner.run, analysis.runs.run_tasks, analysis.report_doc.build_report,
-                   heads_bench.measure, train_bench.measure, train_bench.pack, study.run_study,
+                   _heads_bench.measure, _train_bench.measure, _train_bench.pack, study.run_study,
                    many_classes.write_part):
         monkeypatch.setattr(target.__module__ + "." + target.__name__, ran)
 

@@ -313,7 +313,7 @@ def test_bench_writes_csv_plot_and_ratios(tmp_path, capsys):
 
 
 def test_bench_reruns_itself_with_the_cpu_settings_it_lacks(monkeypatch):
-    from tools import heads_bench as bench
+    from tools import _heads_bench as bench
 
     calls = []
     monkeypatch.setattr(bench.os, "execv", lambda exe, argv: calls.append(argv))

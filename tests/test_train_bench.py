@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tools import train_bench as bench
+from tools import _train_bench as bench
+from tools import train_bench as cli
 from training import data, engine, fake_data
 from training.config import TrainConfig
 
@@ -20,7 +21,7 @@ def test_the_benchmark_runs_every_cpu_variant_and_writes_its_table(tmp_path, cap
     monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: fast)
     argv = ["--fake-data", "--batch-size", "16", "--steps", "2", "--repeats", "2", "--warmup", "1", "--workers", "0",
             "--variants", "recipe,device_loader,bf16,channels_last", "--out", str(tmp_path)]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "MFU against the measured matmul rate, fp32 " in out and " / bf16 " in out
     df = pd.read_csv(tmp_path / "train_bench.csv")
@@ -67,7 +68,7 @@ def test_cuda_paths_train_and_benchmark(tmp_path):
     assert result.trained.device.type == "cuda"
     argv = ["--fake-data", "--device", "cuda", "--batch-size", "32", "--steps", "3", "--repeats", "1",
             "--workers", "0", "--out", str(tmp_path / "b")]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     df = pd.read_csv(tmp_path / "b" / "train_bench.csv")
     assert list(df["variant"]) == list(bench.VARIANTS) and (df["mfu"] > 0).all()
 
@@ -76,7 +77,7 @@ def test_cuda_paths_train_and_benchmark(tmp_path):
 def test_packed_trials_run_at_once_and_are_both_reported(tmp_path, capsys):
     argv = ["--fake-data", "--batch-size", "16", "--steps", "3", "--repeats", "1", "--warmup", "1", "--trials", "2",
             "--out", str(tmp_path)]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     df = pd.read_csv(tmp_path / "pack_bench.csv")
     assert list(df["trials"]) == [1, 2, 2] and (df["images_per_s"] > 0).all()
     both = df[df["trials"] == 2]

@@ -5,13 +5,15 @@ learn it in an epoch or two. `python -m training.fake_data --out DIR` writes all
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
+
+from common.cli import ArgumentParser, check_out_dir, guard
 
 
 def _images(labels: np.ndarray, num_classes: int, shape: tuple[int, int, int], rng) -> np.ndarray:
@@ -100,13 +102,16 @@ def write_all(root: Path, seed: int = 0) -> Path:
     return Path(root)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.fake_data", description=__doc__)
+@guard
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m training.fake_data", description=__doc__)
     p.add_argument("--out", required=True, help="folder to write cifar-100-python/, cifar-10-batches-py/, fashion-mnist/")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the generated pixels and labels")
     args = p.parse_args(argv)
+    check_out_dir(args.out, "--out")
     print(f"wrote tiny datasets under {write_all(Path(args.out), args.seed)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

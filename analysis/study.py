@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from common.cli import ArgumentParser, check_out_dir, guard
 from tuning.results import Results
@@ -152,7 +153,8 @@ class Stages:
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
         with log.open("a") as out:
-            rc = run_to_the_end(argv, out)
+            rc = run_to_the_end(argv, out, lambda: print(f"  {key}: {(time.time() - start) / 60:.1f} min, "
+                                                         f"{last_line(log)}", flush=True))
         seconds = time.time() - start
         tail = log.read_text(errors="replace").splitlines()[-15:]
         if rc != 0:
@@ -179,15 +181,21 @@ class StageFailed(RuntimeError):
 
 
 STOP_WAIT_S = 300  # a stopped search saves its state and ends its trials; a retrain ends its runs in progress
+PROGRESS_S = 30  # a line at least this often while a stage works (its log has the detail)
 
 
-def run_to_the_end(argv: list[str], out) -> int:
-    """Run a stage; on Ctrl-C or SIGTERM pass one SIGINT on and wait for the stage's own clean stop (a search
-    saves its state and ends Ray), then stop too. The stage runs in a session of its own so that a Ctrl-C at
-    the terminal reaches it once, from here (subprocess.run would SIGKILL it and leave Ray's processes)."""
+def run_to_the_end(argv: list[str], out, progress: Callable[[], None]) -> int:
+    """Run a stage, calling `progress` every PROGRESS_S; on Ctrl-C or SIGTERM pass one SIGINT on and wait for
+    the stage's own clean stop (a search saves its state and ends Ray), then stop too. The stage runs in a
+    session of its own so that a Ctrl-C at the terminal reaches it once, from here (subprocess.run would
+    SIGKILL it and leave Ray's processes)."""
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        return proc.wait()
+        while True:
+            try:
+                return proc.wait(timeout=PROGRESS_S)
+            except subprocess.TimeoutExpired:
+                progress()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         try:
@@ -196,6 +204,15 @@ def run_to_the_end(argv: list[str], out) -> int:
             proc.kill()
             proc.wait()
         raise
+
+
+def last_line(log: Path, limit: int = 160) -> str:
+    """The log's last non-empty line (its end only: logs grow to megabytes), shortened."""
+    with log.open("rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 4096))
+        lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    line = lines[-1].strip() if lines else "(nothing logged yet)"
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def read_json(path: Path):

@@ -166,3 +166,59 @@ def test_structure_sees_sections_and_columns_not_padding():
     assert structure(report.replace("| data | acc |", "|   data   |  acc |")) == structure(report)
     assert structure(report.replace("acc |\n|:", "accuracy |\n|:")) != structure(report)  # a renamed column
     assert structure(report.replace("## Headline", "## Summary")) != structure(report)  # a renamed section
+
+
+_CHILD = """import pathlib, signal, sys, time
+mark = pathlib.Path(sys.argv[1])
+def stop(*_):
+    time.sleep(0.5)  # its clean stop takes a while: the study must wait for it
+    mark.write_text(mark.read_text() + "stopped cleanly\\n")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+mark.write_text("started\\n")
+while True:
+    print("epoch", flush=True)
+    time.sleep(0.05)
+"""
+
+_DRIVER = """import signal, sys
+from pathlib import Path
+from analysis import study
+study.PROGRESS_S = 0.2
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # as study.main
+log = Path(sys.argv[2])
+try:
+    with log.open("a") as out:
+        study.run_to_the_end([sys.executable, "-c", sys.argv[1], sys.argv[3]], out,
+                             lambda: print("progress:", study.last_line(log), flush=True))
+except KeyboardInterrupt:
+    print("driver stopped", flush=True)
+"""
+
+
+@pytest.mark.slow  # two processes and a signal between them
+def test_a_stopped_study_lets_its_stage_stop_cleanly_and_says_how_it_goes_meanwhile(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    mark, log = tmp_path / "mark", tmp_path / "stage.log"
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, _CHILD, str(log), str(mark)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (mark.exists() and log.exists() and "epoch" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # at least one progress line
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=60)
+    assert mark.read_text() == "started\nstopped cleanly\n"  # one SIGINT, and its handler ran to the end
+    assert "progress: epoch" in out and out.strip().endswith("driver stopped")
+
+
+def test_last_line_is_the_logs_last_non_empty_line_shortened(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("a\n" * 10_000 + "b" * 500 + "\n\n")
+    assert study.last_line(log) == "b" * 157 + "..."
+    log.write_text("")
+    assert study.last_line(log) == "(nothing logged yet)"

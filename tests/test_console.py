@@ -89,3 +89,18 @@ def test_a_diverged_trial_is_said_at_every_level():
     c.on_trial_complete(0, [t], t)
     assert out.getvalue().split()[1:] == ["diverged", "cnn/softmax", "dddd4444", "after", "2", "epochs:",
                                           "non-finite", "loss", "at", "epoch", "2"]
+
+
+def test_rays_slow_operation_warnings_under_five_seconds_are_dropped(caplog):
+    import logging
+
+    from tuning.runner import quiet_ray_logs
+
+    quiet_ray_logs()
+    log = logging.getLogger("ray.tune.utils.util")
+    with caplog.at_level(logging.WARNING, logger="ray.tune.utils.util"):
+        log.warning("The `process_trial_result` operation took 0.633 s, which may be a performance bottleneck.")
+        log.warning("Processing trial results took 0.602 s, which may be a performance bottleneck. Please ...")
+        log.warning("The `on_step_end` operation took 12.500 s, which may be a performance bottleneck.")
+        log.warning("Install psutil to monitor system performance.")
+    assert [r.getMessage()[:22] for r in caplog.records] == ["The `on_step_end` oper", "Install psutil to moni"]

@@ -9,6 +9,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 
@@ -241,6 +242,24 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray.tune.tune").addFilter(_RayRestoreHint())
     # "Failed to fetch metrics" for trials stopped before their first epoch: the summary counts them.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.utils.util").addFilter(_SlowUnder(SLOW_WARNING_S))
+
+
+SLOW_WARNING_S = 5.0
+
+
+class _SlowUnder(logging.Filter):
+    """Drops Ray's "operation took 0.6 s, which may be a performance bottleneck" below `seconds`: the live
+    page's MLflow writes take ~0.6 s a result on 2 busy cores, on the driver, not on the trials' path, and a
+    warning per result drowned the console (Ray's threshold, TUNE_WARN_THRESHOLD_S, is read at import)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        took = re.search(r"took (\d+(?:\.\d+)?) s", record.getMessage())
+        return took is None or float(took.group(1)) >= self.seconds
 
 
 def interrupted(exp: Experiment, num_samples: int) -> bool:

@@ -104,3 +104,18 @@ def test_rays_slow_operation_warnings_under_five_seconds_are_dropped(caplog):
         log.warning("The `on_step_end` operation took 12.500 s, which may be a performance bottleneck.")
         log.warning("Install psutil to monitor system performance.")
     assert [r.getMessage()[:22] for r in caplog.records] == ["The `on_step_end` oper", "Install psutil to moni"]
+
+
+def test_a_trials_ray_actor_is_named_by_its_pair_and_trial_id():
+    """Ray names an actor in its dashboard and log prefixes by the actor's __repr__ (train_trial for every
+    trial before)."""
+    from ray import tune
+    from ray.tune.trainable.function_trainable import FunctionTrainable
+
+    from tuning.runner import named_trials, train_trial
+
+    cls = named_trials(tune.with_parameters(train_trial, split=None))
+    assert issubclass(cls, FunctionTrainable)
+    trial = cls.__new__(cls)  # as Trainable.__init__ leaves it: its config and Tune's trial info
+    trial.config, trial._trial_info = {"arch": "airnet_s", "head": "gumbel"}, SimpleNamespace(trial_id="3f2a_00007")
+    assert repr(trial) == "airnet_s/gumbel trial 3f2a_00007"

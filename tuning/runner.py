@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
+from ray.tune.trainable.function_trainable import wrap_function
 
 from common.cli import INTERRUPTED, NOTHING_USABLE, check_cpus, check_gpus
 from common.status import DIVERGED, FINISHED, RUNNING
@@ -56,8 +57,23 @@ def make_searcher(space: Space, exp: Experiment, info: DataInfo, seed: int, budg
 
 def make_trainable(space: Space, split: data.Split, gpus: float):
     s = space.resolved_settings()
-    return tune.with_resources(tune.with_parameters(train_trial, split=split),
+    return tune.with_resources(named_trials(tune.with_parameters(train_trial, split=split)),
                                {"cpu": s["cpus_per_trial"], "gpu": gpus})
+
+
+def named_trials(fn):
+    """Ray's trainable class for `fn`, whose actors the Ray dashboard (and the `(...)` prefix of their
+    log lines) names by pair and trial id: Ray takes an actor's name there from its __repr__, which for
+    a function trainable is the function's name, `train_trial` for every trial."""
+    base = wrap_function(fn)
+
+    class Trial(base):
+        def __repr__(self):
+            config = getattr(self, "config", None) or {}
+            return f"{config.get('arch', '?')}/{config.get('head', '?')} trial {self.trial_id}"
+
+    Trial.__name__ = Trial.__qualname__ = "Trial"
+    return Trial
 
 
 def make_callbacks(space: Space, exp: Experiment, args: argparse.Namespace) -> list:

@@ -119,3 +119,24 @@ def test_a_trials_ray_actor_is_named_by_its_pair_and_trial_id():
     trial = cls.__new__(cls)  # as Trainable.__init__ leaves it: its config and Tune's trial info
     trial.config, trial._trial_info = {"arch": "airnet_s", "head": "gumbel"}, SimpleNamespace(trial_id="3f2a_00007")
     assert repr(trial) == "airnet_s/gumbel trial 3f2a_00007"
+
+
+def test_a_lost_worker_or_node_reads_as_one_line_with_its_retry():
+    c, out = _console(console.NORMAL)
+    died = ("Failure # 1\nTraceback (most recent call last):\nray.exceptions.ActorDiedError: The actor died unexpectedly "
+            "before finishing this task.\n\tclass_name: Trial\nThe actor is dead because its worker process has died. "
+            "Worker exit type: SYSTEM_ERROR ... (1) the process was killed by the OOM killer ...")
+    t = _trial("kkkk0001")
+    t.get_error, t.num_failures, t.max_failures = (lambda: died), 1, 2
+    t.checkpoint = SimpleNamespace(path="/x/cnn-softmax-kkkk0001/checkpoint_000003")
+    c.on_trial_recover(0, [t], t)
+    t.checkpoint, t.num_failures = None, 3
+    c.on_trial_recover(0, [t], t)
+    c.on_trial_error(0, [t], t)
+    node = _trial("nnnn0002")
+    node.get_error, node.max_failures = (lambda: "ray.exceptions.ActorDiedError: ... because its node has died"), 0
+    c.on_trial_error(0, [node], node)
+    lines = [line.split(None, 4)[4] for line in out.getvalue().splitlines()]
+    worker = "worker died (killed or out of memory)"
+    assert lines == [f"{worker}; retry 1/2 from checkpoint_000003", f"{worker}; retry 3/2 from scratch",
+                     f"{worker}; gave up after 2 retries", "node lost (machine gone or raylet died)"]

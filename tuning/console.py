@@ -45,9 +45,23 @@ def rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> set[int]
 
 
 def error_line(text: str | None) -> str:
-    """The line that says what went wrong: the last non-empty line of a traceback."""
+    """The line that says what went wrong: the last non-empty line of a traceback, or what a lost
+    worker or node means in a few words (Ray's paragraph on it lists causes that are not ours)."""
+    lost = lost_worker(text)
+    if lost:
+        return lost
     lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "(no error text)"
+
+
+def lost_worker(text: str | None) -> str | None:
+    """What Ray's error says was lost when a trial's process or machine died, or None for any other error."""
+    text = text or ""
+    if "node has died" in text or "NodeDiedError" in text or "node died" in text:
+        return "node lost (machine gone or raylet died)"
+    if "worker process has died" in text or "ActorDiedError" in text or "WorkerCrashedError" in text:
+        return "worker died (killed or out of memory)"
+    return None
 
 
 class Console(Callback):
@@ -117,7 +131,14 @@ class Console(Callback):
                  f"{epochs} epoch{'s' * (epochs != 1)}  {self.value(last)}{best}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.say("failed", trial, error_line(_error_text(trial)))
+        retries = getattr(trial, "max_failures", 0)
+        self.say("failed", trial, error_line(_error_text(trial)) + (
+            f"; gave up after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        checkpoint = trial.checkpoint.path.rsplit("/", 1)[-1] if trial.checkpoint else None
+        self.say("retry", trial, f"{error_line(_error_text(trial))}; retry {trial.num_failures}/{trial.max_failures} "
+                                 + (f"from {checkpoint}" if checkpoint else "from scratch"))
 
     def on_step_end(self, iteration, trials, **info):
         if self.level >= NORMAL and time.monotonic() >= self.next_status:
@@ -206,8 +227,9 @@ def summarize(exp: Results, stopped: bool = False) -> int:
         print(clip(f"  {row['arch'] + '/' + row['head']:<24} {row[f'best_{metric}']:.4f}  {int(row['epochs_run'])} ep  "
                     f"{row['trial_id']}  {values}".rstrip()))
     if len(trials) and not stopped and not trials["status"].isin(FINISHED).any():
+        first = failed["error"].dropna().head(1).tolist()
         print("no trial finished (every one failed or diverged); first error:",
-              failed["error"].dropna().head(1).tolist() or "-", file=sys.stderr)
+              error_line(first[0]) if first else "-", file=sys.stderr)
         return NOTHING_USABLE
     return 0
 

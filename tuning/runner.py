@@ -259,6 +259,21 @@ def quiet_ray_logs() -> None:
     # "Failed to fetch metrics" for trials stopped before their first epoch: the summary counts them.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.utils.util").addFilter(_SlowUnder(SLOW_WARNING_S))
+    # "Trial task failed for trial ..." with Ray's traceback, at every failure and retry; and "Trials did not
+    # complete": the console says each in one line (failed / retry) and the trial's error.txt keeps the trace.
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(_Said("Trial task failed for trial"))
+    logging.getLogger("ray.tune.tune").addFilter(_Said("Trials did not complete"))
+
+
+class _Said(logging.Filter):
+    """Drops Ray's records that start with `prefix`: the console says the same in its own line."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 SLOW_WARNING_S = 5.0

@@ -9,6 +9,8 @@ state and epoch, so a restored trial continues where it stopped.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -48,9 +50,30 @@ def _report(metrics: dict, get_state) -> None:
     # The node that ran the epoch: on one machine with several Ray nodes, node_ip and hostname are
     # the same for all, the node id is not. The GPUs Ray gave the trial, as it gave them.
     metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": _gpu_ids()}
+    _crash_test("before", metrics["epoch"])
     with tempfile.TemporaryDirectory() as folder:
         torch.save(get_state(), Path(folder) / STATE_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    _crash_test("after", metrics["epoch"])
+
+
+CRASH_AT = "HEADSWEEP_TEST_CRASH_AT"  # "before:3,after:1": where the crash tests SIGKILL a trial's worker
+CRASH_MARKS = "HEADSWEEP_TEST_CRASH_MARKS"  # a folder: each crash once per trial, moment and epoch
+
+
+def _crash_test(moment: str, epoch: int) -> None:
+    """Fault injection for the crash tests (tests/test_crashes.py), as Ray's own tests inject theirs: the
+    worker SIGKILLs itself at the named moments of the epoch's report (before it: the epoch is lost; after
+    it: Ray may not have taken the result in yet), at the same places on any machine and load."""
+    at, marks = os.environ.get(CRASH_AT), os.environ.get(CRASH_MARKS)
+    if not at or not marks or f"{moment}:{epoch}" not in at.split(","):
+        return
+    try:  # created once, atomically: a restored trial that reaches the same moment again goes on
+        os.close(os.open(Path(marks) / f"{tune.get_context().get_trial_id()}-{moment}-{epoch}",
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def trial_threads() -> int:

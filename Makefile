@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	-$(PY) -c 'import heads.speed.kernels as k; raise SystemExit(k.main())'
 	touch $@
 
-.PHONY: install demo test test-fast train-smoke bench study study-gpu gpu-check
+.PHONY: install demo test test-fast train-smoke bench study study-gpu gpu-check browser
 install: $(VENV)/.installed
 
 # The main job on a small default: the `smoke` search on generated data, then the retrain of
@@ -47,6 +47,10 @@ test: install
 # HEADSWEEP_FAST_TIER makes a test that starts Ray anyway fail, so the tier stays fast.
 test-fast: install
 	HEADSWEEP_FAST_TIER=1 $(PY) -m pytest -q -m "not slow"
+
+# Headless Chromium for the live page's browser test (tests/test_views.py skips it, saying so, without it).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 train-smoke: install
 	$(PY) -m training.train --smoke

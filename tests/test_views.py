@@ -7,6 +7,8 @@ import io
 import json
 import re
 import shlex
+import shutil
+import sys
 import wsgiref.util
 from pathlib import Path
 
@@ -99,3 +101,63 @@ def test_the_live_page_has_every_trial_with_its_pair_status_and_curve(smoke_expe
     # the UI's filters work on the tags
     pruned = client.search_runs([runs[0].info.experiment_id], "tags.status = 'pruned'")
     assert {r.data.tags["trial_id"] for r in pruned} == set(trials[trials.status == "pruned"]["trial_id"])
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _page(url: str) -> str:
+    """The page's DOM once its scripts have run, as headless Chromium renders it."""
+    import subprocess
+
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--virtual-time-budget=30000", "--window-size=1600,1200", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here: `make browser` installs it (Debian package)")
+def test_the_live_page_in_a_browser_shows_every_trial_and_filters_the_pruned(smoke_experiment):
+    """The printed command serves the page; Chromium opens the printed address (the runs table) and finds
+    every trial by its name (pair and trial id), then the printed filter for the pruned ones."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.parse
+    import urllib.request
+
+    import analysis
+
+    exp, _, out = smoke_experiment
+    command, url = _printed(out, "Live page ")[:6], _printed(out, "Live page ")[7]
+    assert command[:2] == ["mlflow", "ui"] and re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs", url)
+    port = _free_port()  # not 5000: a user's own MLflow may be there
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), *command[1:], "--port", str(port)],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        home, deadline = f"http://127.0.0.1:{port}/", time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(home, timeout=5).read()
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow ui did not answer in 180 s"
+                time.sleep(1)
+        url = url.replace(":5000/", f":{port}/")
+        trials = analysis.load(exp)
+        names = lambda dom: set(re.findall(r"cnn/[a-z]+ ([0-9a-f]{8})", dom))  # noqa: E731
+        assert names(_page(url)) == set(trials["trial_id"])
+        pruned = names(_page(url + "?searchFilter=" + urllib.parse.quote("tags.status = 'pruned'")))
+        assert pruned == set(trials[trials["status"] == "pruned"]["trial_id"]) and pruned
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

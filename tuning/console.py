@@ -185,8 +185,10 @@ def print_views(exp: ExperimentFolder, dashboard_url: str | None, local: bool, l
     token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
     lines = [f"experiment      {exp.uri}"]
     if live:
+        from tuning.live import runs_page
+
         lines.append(f"Live page       mlflow ui --backend-store-uri {shlex.quote(mlflow_uri(exp))} --host 127.0.0.1  "
-                     "(every trial of every pair; stays after the search)")
+                     f"then {runs_page(exp)}  (every trial of every pair; stays after the search)")
     if dashboard_url:
         notes = (["token: `ray get-auth-token`"] if token else []) + (["closes when the search ends"] if local else [])
         lines.append(f"Ray dashboard   http://{dashboard_url}" + (f"  ({'; '.join(notes)})" if notes else ""))

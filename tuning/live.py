@@ -68,3 +68,15 @@ class LiveRuns(MLflowLoggerCallback):
 
 def live_runs(exp, max_epochs: int) -> LiveRuns:
     return LiveRuns(mlflow_uri(exp), exp.name, max_epochs)
+
+
+def runs_page(exp, port: int = 5000) -> str:
+    """The address of the search's runs table in the MLflow UI (`mlflow ui` serves on port 5000): MLflow 3
+    opens an experiment on its GenAI overview, where no trial is shown. The experiment is made here if
+    it is new (the callback then finds it by name), so the address is right before the first trial."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri(exp))
+    found = client.get_experiment_by_name(exp.name)
+    experiment_id = found.experiment_id if found else client.create_experiment(exp.name)
+    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"

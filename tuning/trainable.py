@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -51,6 +52,7 @@ def _report(metrics: dict, get_state) -> None:
     # the same for all, the node id is not. The GPUs Ray gave the trial, as it gave them.
     metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": _gpu_ids()}
     _crash_test("before", metrics["epoch"])
+    _meet_test(metrics["epoch"])
     with tempfile.TemporaryDirectory() as folder:
         torch.save(get_state(), Path(folder) / STATE_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -59,6 +61,23 @@ def _report(metrics: dict, get_state) -> None:
 
 CRASH_AT = "HEADSWEEP_TEST_CRASH_AT"  # "before:3,after:1": where the crash tests SIGKILL a trial's worker
 CRASH_MARKS = "HEADSWEEP_TEST_CRASH_MARKS"  # a folder: each crash once per trial, moment and epoch
+
+
+MEET = "HEADSWEEP_TEST_MEET"  # "<folder>:<n>": before its first report, each trial waits until n trials have
+
+
+def _meet_test(epoch: int) -> None:
+    """For the packing tests (tests/test_fake_gpus.py): each trial, at its first epoch's report, waits until
+    n trials are there at once, so that 'n trials ran together' holds by construction, not by the timing
+    of a loaded machine; after 300 s it goes on (the test then finds them apart)."""
+    meet = os.environ.get(MEET)
+    if not meet or epoch != 1:
+        return
+    folder, n = meet.rsplit(":", 1)
+    (Path(folder) / tune.get_context().get_trial_id()).touch()
+    deadline = time.monotonic() + 300
+    while len(list(Path(folder).iterdir())) < int(n) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _crash_test(moment: str, epoch: int) -> None:

@@ -187,3 +187,29 @@ def test_report_says_when_every_trial_failed(tmp_path, monkeypatch):
     text = (tmp_path / "f" / "analysis" / "report.md").read_text()
     assert "## Every trial failed" in text and "cutoffs=[500] must satisfy" in text
     assert retrain.main([str(tmp_path / "f")]) == 2
+
+
+def test_a_runs_progress_lines_come_every_25_s_and_at_each_epoch_with_v(monkeypatch, capsys):
+    """No silent minute: a line at least every 25 s of training (epoch, step, time in, time left by the pace
+    so far); -v adds one at the end of every epoch."""
+    from analysis import runs
+
+    clock = [0.0]
+    monkeypatch.setattr(runs.time, "perf_counter", lambda: clock[0])
+
+    def train(verbose: bool) -> list[str]:
+        clock[0] = 0.0
+        progress = runs.Progress("airnet_s-softmax-x", 0, epochs=2, verbose=verbose)
+        for _ in range(2):  # 2 epochs of 10 steps, 6 s a step
+            for step in range(1, 11):
+                clock[0] += 6.0
+                progress.step(step, 10)
+        return capsys.readouterr().out.splitlines()
+
+    quiet = train(verbose=False)
+    # a line at the first step past 25 s since the last one: 30, 60, 90, 120 s
+    assert [line.split(", ")[-2] for line in quiet] == ["0m30s in", "1m00s in", "1m30s in", "2m00s in"]
+    assert quiet[0] == "  airnet_s-softmax-x seed 0: epoch 1/2, step 5/10, 0m30s in, ~1m30s left"
+    assert quiet[1] == "  airnet_s-softmax-x seed 0: epoch 1/2 done, 1m00s in, ~1m00s left"
+    verbose = train(verbose=True)
+    assert sum(" done, " in line for line in verbose) == 2 and verbose[-1].endswith("epoch 2/2 done, 2m00s in, ~0m00s left")

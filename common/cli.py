@@ -76,6 +76,12 @@ def check_cpus(requested: float, available: float, where: str, name: str = "cpus
         raise ValueError(f"{name}={requested:g} is more than the {available:g} CPUs of {where}: nothing could start")
 
 
+def is_space_file(name: str) -> bool:
+    """Whether --space names a user's space in a file, `path/to/file.py:function` (else a registered name).
+    Here, not in search_spaces/, so that the search's command line tells them apart without torch."""
+    return ":" in name and name.rsplit(":", 1)[0].endswith(".py")
+
+
 # ----------------------------------------------------------------------------- paths and addresses, checked up front
 def check_out_dir(path: str | Path, flag: str) -> Path:
     """A folder the command will write into (made if missing): not a file, and writable where it is or

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import heads
 import models
+from common.cli import is_space_file
 from common.registry import Registry
 from training.config import TrainConfig
 
@@ -107,10 +108,6 @@ def _restrict(key: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
 def get_space(name: str) -> Space:
     """A registered space by name, or a user's: `path/to/file.py:function` (`load_space_file`)."""
     return load_space_file(name) if is_space_file(name) else SPACES.get(name)()
-
-
-def is_space_file(name: str) -> bool:
-    return ":" in name and name.rsplit(":", 1)[0].endswith(".py")
 
 
 def load_space_file(ref: str) -> Space:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from common.cli import (ArgumentParser, check_cpus, check_gpus, check_host, check_name, check_out_dir, check_reachable,
-                        guard)
+                        guard, is_space_file)
 from training.config import parse_assignment
 from tuning import manifest
 from tuning.experiment import Experiment
@@ -280,7 +280,7 @@ def _local_gpus() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # spec.json keeps it: --resume re-reads it
-    if args.space and ":" in args.space and args.space.rsplit(":", 1)[0].endswith(".py"):  # a space in a file:
+    if args.space and is_space_file(args.space):  # a space in a file:
         path, fn = args.space.rsplit(":", 1)  # kept absolute, so --resume finds it from any folder
         absolute = f"{Path(path).expanduser().resolve()}:{fn}"
         args.argv = [a.replace(args.space, absolute) if a in (args.space, f"--space={args.space}") else a

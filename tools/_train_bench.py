@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tools._heads_bench import cpu_settings, machine_rates, passive_openmp
 from training import data, engine
 from training.config import TrainConfig
-from tools.train_bench import FP32_CHANNELS_LAST, VARIANTS
+from tools.train_bench_variants import FP32_CHANNELS_LAST, VARIANTS
 from training.loader import channel_stats
 
 PHASES = ("data", "forward", "backward", "optimizer")

@@ -33,9 +33,7 @@ import argparse
 import sys
 
 from common.cli import ArgumentParser, guard
-
-VARIANTS = ("recipe", "device_loader", "bf16", "channels_last", "compile")
-FP32_CHANNELS_LAST = "fp32_channels_last"  # not in the chain: channels_last without bf16, asked for by name
+from tools.train_bench_variants import VARIANTS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from ray.tune import Callback
 from common.cli import NOTHING_USABLE, WIDTH, clip, short
 from common.status import COMPLETED, CONFIG_ERROR, DIVERGED, ERROR, FINISHED, RUNNING, trial_status
 from tuning.folder import ExperimentFolder, mlflow_uri
+from tuning.live import runs_page
 from tuning.results import Results, config_columns
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -185,8 +186,6 @@ def print_views(exp: ExperimentFolder, dashboard_url: str | None, local: bool, l
     token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
     lines = [f"experiment      {exp.uri}"]
     if live:
-        from tuning.live import runs_page
-
         lines.append(f"Live page       mlflow ui --backend-store-uri {shlex.quote(mlflow_uri(exp))} --host 127.0.0.1  "
                      f"then {runs_page(exp)}  (every trial of every pair; stays after the search)")
     if dashboard_url:

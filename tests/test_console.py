@@ -135,8 +135,9 @@ def test_a_lost_worker_or_node_reads_as_one_line_with_its_retry():
     c.on_trial_error(0, [t], t)
     node = _trial("nnnn0002")
     node.get_error, node.max_failures = (lambda: "ray.exceptions.ActorDiedError: ... because its node has died"), 0
+    node.last_result = {"epoch": 2, "node_id": "9c1f03aa77e2b1d0"}  # the node its last epoch ran on
     c.on_trial_error(0, [node], node)
     lines = [line.split(None, 4)[4] for line in out.getvalue().splitlines()]
     worker = "worker died (killed or out of memory)"
     assert lines == [f"{worker}; retry 1/2 from checkpoint_000003", f"{worker}; retry 3/2 from scratch",
-                     f"{worker}; gave up after 2 retries", "node lost (machine gone or raylet died)"]
+                     f"{worker}; gave up after 2 retries", "node 9c1f03aa lost (machine gone or raylet died)"]

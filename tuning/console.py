@@ -133,12 +133,12 @@ class Console(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         retries = getattr(trial, "max_failures", 0)
-        self.say("failed", trial, error_line(_error_text(trial)) + (
+        self.say("failed", trial, _what_failed(trial) + (
             f"; gave up after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         checkpoint = trial.checkpoint.path.rsplit("/", 1)[-1] if trial.checkpoint else None
-        self.say("retry", trial, f"{error_line(_error_text(trial))}; retry {trial.num_failures}/{trial.max_failures} "
+        self.say("retry", trial, f"{_what_failed(trial)}; retry {trial.num_failures}/{trial.max_failures} "
                                  + (f"from {checkpoint}" if checkpoint else "from scratch"))
 
     def on_step_end(self, iteration, trials, **info):
@@ -162,6 +162,13 @@ class Console(Callback):
             print(clip(f"{'':15}{label:<24} {count(ts, 'RUNNING')} running  {count(ts, 'PENDING', 'PAUSED')} "
                        f"pending  {count(ts, 'TERMINATED', 'ERROR')} done  {best}".rstrip()), file=out)
         out.flush()
+
+
+def _what_failed(trial) -> str:
+    """The error's line; for a lost node, which one (the node id its last epoch ran on, as Ray names it)."""
+    text = error_line(_error_text(trial))
+    node = (trial.last_result or {}).get("node_id")
+    return text.replace("node lost", f"node {node[:8]} lost", 1) if node and text.startswith("node lost") else text
 
 
 def _error_text(trial) -> str | None:

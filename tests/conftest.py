@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from training import fake_data
+# OpenMP threads that spin while they wait take the cores from whatever else runs (another test's
+# subprocess, a Ray worker, a training beside the suite): on 2 busy cores that made the fast tier 5x
+# slower. Set before torch is first imported, for this process and every subprocess a test starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from training import fake_data  # noqa: E402 - after the OpenMP setting
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -18,7 +18,11 @@ Scales:
 - `cpu` (default; hours on 2 cores, run it again after a stop: it goes on from the committed
   stages): airnet_s x every head on CIFAR-100 (8 trials per pair on 10,000 training images,
   8 epochs, ASHA; then 3 seeds of each pair's best at 10 epochs on all 50,000), softmax's best
-  at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST;
+  at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST; the seed
+  reports' own CNNs searched here and trained at their budgets (cnn_base and cnn_keras with softmax
+  and Gumbel at 50 epochs, cnn_vgg at 15; one seed each); and whether the search pays (`Pays`:
+  airnet_s + softmax searched by the recipe alone, random search + ASHA and TPE + ASHA at the same
+  budget, two search seeds, each arm's best retrained with 3 seeds);
 - `gpu`: resnet18, vit_tiny, efficientnet_b0 x every head, 30 epochs, 4 trials per pair packed four
   to a GPU (not run yet; about 4 hours on one H100 by an estimate);
 - `tiny`: the smoke space on generated data (a minute or two): the test of this command.
@@ -65,6 +69,27 @@ class Part:
         return args[args.index("--dataset") + 1] if "--dataset" in args else "cifar100"
 
 
+ARMS = (("recipe", ("--num-samples", "1")),  # the pair's first trial is its family's recipe: that one alone
+        ("random", ("--set", "sampler=random")),  # random search + the same ASHA
+        ("tpe", ()))  # headsweep's default: TPE after a random start-up, + ASHA
+
+
+@dataclass(frozen=True)
+class Pays:
+    """Does the search pay? One pair searched by each arm (ARMS) at the same budget (trials, epochs, ASHA),
+    with each search seed; each arm's best config over its seeds (by validation) is retrained with `seeds`
+    seeds and read once on the test set. The recipe arm is one trial, whatever the seed: run once."""
+    search: tuple[str, ...]  # tuning.search arguments shared by the arms: the space, one pair, the budget
+    search_seeds: tuple[int, ...] = (0, 1)
+    seeds: int = 3
+    retrain_epochs: int | None = None
+
+    def searches(self) -> list[tuple[str, int, tuple[str, ...]]]:
+        """(arm, search seed, its tuning.search arguments) of every search."""
+        return [(arm, seed, (*self.search, *extra)) for arm, extra in ARMS
+                for seed in (self.search_seeds[:1] if arm == "recipe" else self.search_seeds)]
+
+
 @dataclass(frozen=True)
 class Scale:
     name: str
@@ -74,6 +99,7 @@ class Scale:
     fake_data: bool = False  # generated data: no --data-dir needed
     cpus_per_task: float = 1.0
     targets: dict = field(default_factory=dict)  # (part, arch) -> the softmax test accuracy it should reach
+    pays: Pays | None = None
 
 
 def _cnn_search(*extra: str) -> tuple[str, ...]:
@@ -93,7 +119,10 @@ def _airnet_search(*extra: str) -> tuple[str, ...]:
 SCALES = {s.name: s for s in (
     Scale("cpu", "CIFAR-100: airnet_s (the fast backbone) x every head (8 trials per pair, then 3 seeds of each "
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
-                 "way. Hours on 2 CPU cores: run it again after a stop.",
+                 "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs; "
+                 "cnn_vgg, 15 epochs; searched here, one seed each); whether the search pays (airnet_s + softmax: "
+                 "the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it again after "
+                 "a stop.",
           (Part("cifar100", _airnet_search("--num-samples", "40"), retrain_epochs=10, curve=(5, 20)),
            # the seed report's Fashion-MNIST CNN (91.84%) on its own data: airnet_s + softmax, 8 trials
            Part("fashion_mnist", _airnet_search("--dataset", "fashion_mnist", "--set", "head=softmax",
@@ -108,7 +137,9 @@ SCALES = {s.name: s for s in (
            Part("cifar100_vgg", _cnn_search("--set", "arch=cnn_vgg", "--set", "head=softmax", "--set", "epochs=5",
                                             "--num-samples", "6"), seeds=1, retrain_epochs=15, cpus_per_task=2)),
           ("--classes", "100,10000,100000", "--dim", "256", "--batch", "128", "--repeats", "3", "--min-time", "0.3"),
-          targets={("cifar100", None): 0.61, ("fashion_mnist", None): 0.935}),
+          targets={("cifar100", None): 0.61, ("fashion_mnist", None): 0.935},
+          # does the search pay? airnet_s + softmax, 12 trials an arm and search seed, as the cifar100 part's pairs
+          pays=Pays(_airnet_search("--set", "head=softmax", "--num-samples", "12"), retrain_epochs=10)),
     Scale("gpu", "CIFAR-100: resnet18, vit_tiny, efficientnet_b0 x every head (4 trials per pair, 30 epochs, "
                  "four trials per GPU); Fashion-MNIST: cnn_bn4 + softmax, 15 epochs. Not run yet: about 4 hours on "
                  "one H100 by an estimate (2,250 epochs of 50,000 images at ~8,000 images/s), not a measurement.",
@@ -126,7 +157,9 @@ SCALES = {s.name: s for s in (
            Part("fashion_mnist", ("--space", "smoke", "--dataset", "fashion_mnist", "--set", "head=softmax",
                                   "--set", "epochs=2", "--num-samples", "1", "--set", "grace_period=1"))),
           ("--classes", "100,1000", "--dim", "32", "--batch", "16", "--repeats", "1", "--min-time", "0.01"),
-          fake_data=True, targets={("cifar100", None): 0.57, ("fashion_mnist", None): 0.93}),
+          fake_data=True, targets={("cifar100", None): 0.57, ("fashion_mnist", None): 0.93},
+          pays=Pays(("--space", "smoke", "--set", "head=softmax", "--set", "epochs=2", "--num-samples", "3",
+                     "--set", "grace_period=1"), search_seeds=(0,), seeds=2)),
 )}
 
 
@@ -288,8 +321,85 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
             shutil.rmtree(kept / "report", ignore_errors=True)  # the part's own report, kept without matrices
             shutil.copytree(analysis, kept / "report", ignore=shutil.ignore_patterns("*.npy", "*.parquet", "runs",
                                                                                      "chosen.json"))
+    if scale.pays:
+        run_pays(scale.pays, stages, work, keep / PAYS, data, f"{scale.cpus_per_task:g}")
     stages.run("heads_bench", module("tools.heads_bench", *scale.bench, "--out", str(keep / "heads_bench")))
     return stages.done
+
+
+PAYS = "pays"  # <keep>/pays/<arm>-s<seed>/ (each search's kept outputs) and pays/retrain/
+
+
+def run_pays(pays: Pays, stages: Stages, work: Path, kept: Path, data: list[str], cpus: str) -> None:
+    """The search-pays arms: every search (skipped when done, resumed when cut), then the retrain of each arm's
+    best config."""
+    for arm, seed, search in pays.searches():
+        name = f"{arm}-s{seed}"
+        exp = work / f"{PAYS}-{name}"
+        resume = ["--resume"] if (exp / "spec.json").exists() else []
+        if stages.run(f"{PAYS}/{name}/search", module("tuning.search", "--storage", str(work), "--name", exp.name,
+                                                     "--seed", str(seed), "--no-dashboard", "-q", *data,
+                                                     *(resume or search))) or (
+                (exp / "spec.json").exists() and not (kept / name / "spec.json").exists()):
+            publish_search(exp, kept / name)
+    chosen = kept / "retrain" / "chosen.json"
+    if not chosen.exists():
+        chosen.parent.mkdir(parents=True, exist_ok=True)
+        chosen.write_text(json.dumps(pays_jobs(pays, kept), indent=1, default=str))
+    epochs = ["--epochs", str(pays.retrain_epochs)] if pays.retrain_epochs else []
+    stages.run(f"{PAYS}/retrain", module("analysis.retrain", str(chosen), "--out", str(kept / "retrain"),
+                                        "--cpus-per-task", cpus, *epochs, *data))
+
+
+def pays_jobs(pays: Pays, kept: Path) -> dict:
+    """chosen.json of the search-pays retrain: each arm's best trial over its searches (validation only), its
+    config read from the kept trials table (the search's folder may be on another machine), x seeds."""
+    import pandas as pd
+
+    from tuning.results import best
+
+    picks = {}
+    for arm, seed, _ in pays.searches():
+        trials = pd.read_parquet(kept / f"{arm}-s{seed}" / "trials.parquet")
+        top = best(trials)
+        if len(top) and (arm not in picks or top["best_val_acc"].iloc[0] > picks[arm][1]["best_val_acc"]):
+            picks[arm] = (trials, top.iloc[0])
+    missing = [arm for arm, _ in ARMS if arm not in picks]
+    if missing:
+        raise StageFailed(f"{PAYS}: no trial of the {', '.join(missing)} arm finished: nothing to retrain")
+    spec = read_json(kept / f"{ARMS[0][0]}-s{pays.search_seeds[0]}" / "spec.json")
+    jobs = []
+    for seed in range(pays.seeds):  # seed-major, as analysis.retrain: a stop has every arm's first seed
+        for arm, (trials, row) in picks.items():
+            jobs.append({"config": _config_of(trials, row), "seed": seed, "label": f"{arm}-{row['trial_id']}"})
+    return {"experiment": PAYS, "constants": spec.get("constants", {}), "data_dir": spec.get("data_dir"),
+            "fake_data": spec.get("settings", {}).get("fake_data", False), "settings": spec.get("settings", {}),
+            "jobs": jobs}
+
+
+def _config_of(trials, row) -> dict:
+    """A trial's config: its params.json when its folder is on this machine, else the kept table's columns
+    (where lists were written as their JSON text)."""
+    from tuning.results import Results, config_columns
+
+    params = Path(str(row["path"])) / "params.json"
+    if params.is_file():
+        return Results.trial_config(params.parent)
+    return {c: _plain(row[c]) for c in config_columns(trials) if not _missing(row[c])}
+
+
+def _plain(value):
+    """A parquet cell as JSON wants it: numpy scalars to Python, a list's or a dict's JSON text to the value."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 @guard

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 import heads
-from analysis.compare import data_caveat, finished, versus_softmax
+from analysis.compare import data_caveat, finished, paired_difference, versus_softmax
 from analysis.report_doc import _plt, plot_confusion
 from analysis.results import to_parquet
 from common.status import ERROR, FINISHED, PRUNED
@@ -227,6 +227,79 @@ def search_paid(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def load_pays(scale, keep: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The search-pays arms (analysis.study.Pays): every search's trials (in the order Ray started them, with
+    `arm` and `search_seed`) and the retrain's runs of each arm's best config (with `arm`)."""
+    if scale.pays is None:
+        return pd.DataFrame(), pd.DataFrame()
+    searches = []
+    for arm, seed, _ in scale.pays.searches():
+        path = keep / "pays" / f"{arm}-s{seed}" / "trials.parquet"
+        if path.exists():
+            searches.append(pd.read_parquet(path).assign(arm=arm, search_seed=seed))
+    retrain = keep / "pays" / "retrain"
+    runs = sorted((retrain / "runs").glob("*.json"))
+    final = pd.read_parquet(retrain / "final.parquet") if (retrain / "final.parquet").exists() else \
+        pd.DataFrame([json.loads(f.read_text()) for f in runs])
+    if len(final):
+        final = final.assign(arm=final["label"].str.split("-").str[0])
+    return (pd.concat(searches, ignore_index=True) if searches else pd.DataFrame()), final
+
+
+def pays_searches(searches: pd.DataFrame, max_epochs: int) -> pd.DataFrame:
+    """Each arm's searches: trials, trial-epochs spent, the best validation accuracy found, what ASHA saved."""
+    rows = []
+    for (arm, seed), t in searches.groupby(["arm", "search_seed"], sort=False) if len(searches) else ():
+        ran = t[t["status"].isin(FINISHED)]
+        rows.append({"arm": arm, "search seed": seed, "trials": len(t), "trial-epochs": int(t["epochs_run"].sum()),
+                     "best val acc": ran["best_val_acc"].max() if len(ran) else np.nan,
+                     "ASHA saved": f"{1 - t['epochs_run'].sum() / (len(t) * max_epochs):.0%}"})
+    return pd.DataFrame(rows, columns=PAYS_SEARCH_COLUMNS)
+
+
+# The arms' tables have their columns before their rows exist: a study that has not run them yet
+# writes the same report structure as one that has (the committed report is checked against it).
+PAYS_SEARCH_COLUMNS = ["arm", "search seed", "trials", "trial-epochs", "best val acc", "ASHA saved"]
+PAYS_TEST_COLUMNS = ["arm", "config", "seeds", "test accuracy", "minus recipe [95% CI]", "verdict"]
+
+
+def pays_test(final: pd.DataFrame) -> pd.DataFrame:
+    """Each arm's best config on the test set (mean +- std over seeds) and minus the recipe's, paired by seed."""
+    ok = finished(final) if len(final) else final
+    if ok.empty:
+        return pd.DataFrame(columns=PAYS_TEST_COLUMNS)
+    recipe = ok[ok["arm"] == "recipe"].set_index("seed")["accuracy"]
+    rows = []
+    for arm, g in ok.groupby("arm", sort=False):
+        row = {"arm": arm, "config": g["label"].iloc[0], "seeds": len(g), "test accuracy": _pm(g["accuracy"])}
+        if arm != "recipe" and len(recipe):
+            d = paired_difference(g.set_index("seed")["accuracy"], recipe)
+            row["minus recipe [95% CI]"] = f"{d['diff']:+.4f}" + (
+                f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if np.isfinite(d["ci_low"]) else "")
+            row["verdict"] = d["verdict"].replace("softmax", "the recipe")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=PAYS_TEST_COLUMNS).fillna("")
+
+
+def plot_pays(searches: pd.DataFrame, out: Path) -> list[str]:
+    """Best validation accuracy found against trial-epochs spent, per search (trials in the order Ray
+    started them, each trial's epochs counted in full as it ends: two ran at once, so this is the budget's
+    order, not wall time)."""
+    if searches.empty:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (arm, seed), t in searches.groupby(["arm", "search_seed"], sort=False):
+        spent = t["epochs_run"].cumsum()
+        found = t["best_val_acc"].where(t["status"].isin(FINISHED)).cummax()
+        ax.step(spent, found, where="post", marker="o", label=f"{arm}, search seed {seed}")
+    ax.set(xlabel="trial-epochs spent", ylabel="best validation accuracy found", title="does the search pay?")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "figures" / "search_pays.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return ["![search pays](figures/search_pays.png)", ""]
+
+
 def load_curve(scale, keep: Path, final: pd.DataFrame) -> pd.DataFrame:
     """Softmax's best config at every budget: the curve stage's runs (seed 0) and the retrain's (every seed)."""
     rows = []
@@ -399,7 +472,8 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
     curve = load_curve(scale, keep, final)
     budget = next((p.retrain_epochs for p in scale.parts if p.curve), None)
     md = [f"# headsweep study: {scale.name} scale", "",
-          "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budget), "",
+          "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budget),
+          *pays_answer(scale, keep), "",
           f"{scale.description}", "", f"Made by `{command}`; `make study` reproduces the cpu scale.", "",
           "Data:", "", *[f"- {c}" for c in caveats], "",
           "## Headline", "",
@@ -435,9 +509,8 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
            *plot_curves(history, curve, final, out),
            "## Did the search pay?", "",
            "Each pair's search started from the family recipe (its first trial); the table sets the best trial "
-           "the search found against it, on validation at the search's budget. Not yet here: the arms the issue "
-           "asks for (the recipe alone, random search + ASHA, TPE + ASHA at equal trial-epochs, two search seeds "
-           "each, each arm's best retrained for test accuracy).", "", _table(paid), "",
+           "the search found against it, on validation at the search's budget.", "", _table(paid), "",
+           *pays_section(scale, keep, out),
            "## What ASHA saved", "", _table(asha_table(trials, specs)), "",
            "## Reported elsewhere vs here", "",
            "Their figures are single runs on the official CIFAR-100 / Fashion-MNIST split with their own budgets "
@@ -455,6 +528,34 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
              for p in scale.parts], "",
            "## Provenance", "", *provenance(specs), ""]
     return md
+
+
+def pays_answer(scale, keep: Path) -> list[str]:
+    """The opening paragraph's line on the arms: each arm's best on the test set against the recipe alone."""
+    if scale.pays is None:
+        return []
+    test = pays_test(load_pays(scale, keep)[1])
+    if test.empty:
+        return ["- Does the search pay against the recipe alone and random search at the same budget? Not run yet."]
+    parts = [f"{r['arm']} {r['test accuracy']}" + (f" ({r['minus recipe [95% CI]']} vs the recipe: {r['verdict']})"
+                                                   if r["verdict"] else "")
+             for _, r in test.iterrows()]
+    return ["- Does the search pay? Each arm's best config on the test set: " + "; ".join(parts) + "."]
+
+
+def pays_section(scale, keep: Path, out: Path) -> list[str]:
+    """The search-pays arms: the searches at equal budgets, the plot, and each arm's best on the test set."""
+    if scale.pays is None:
+        return []
+    searches, final = load_pays(scale, keep)
+    specs = sorted((keep / "pays").glob("*/spec.json"))
+    max_epochs = int(json.loads(specs[0].read_text()).get("max_epochs", 1)) if specs else 1
+    return ["### The arms: the recipe alone, random search + ASHA, TPE + ASHA", "",
+            "One pair, every arm at the same search budget (trials, epochs, ASHA), each with its search seeds; "
+            "then each arm's best config over its seeds (validation) retrained and read once on the test set, "
+            "paired by seed with the recipe's." + ("" if len(searches) else " Not run yet: the tables are empty."),
+            "", pays_searches(searches, max_epochs).to_markdown(index=False, floatfmt=".4g"), "",
+            *plot_pays(searches, out), pays_test(final).to_markdown(index=False, floatfmt=".4g"), ""]
 
 
 def structure(text: str) -> list[str]:

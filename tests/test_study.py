@@ -222,3 +222,26 @@ def test_last_line_is_the_logs_last_non_empty_line_shortened(tmp_path):
     assert study.last_line(log) == "b" * 157 + "..."
     log.write_text("")
     assert study.last_line(log) == "(nothing logged yet)"
+
+
+def test_the_search_pays_retrain_takes_each_arms_best_over_its_seeds_from_the_kept_tables(tmp_path):
+    """Validation picks each arm's config (over its search seeds); the config comes from the kept trials table
+    when the search's folder is gone (a fresh machine), its lists read back from their JSON text."""
+    pays = study.Pays(("--space", "smoke"), search_seeds=(0, 1), seeds=2)
+    vals = {("recipe", 0): [0.30], ("random", 0): [0.20, 0.35], ("random", 1): [0.40, 0.10],
+            ("tpe", 0): [0.50, 0.45], ("tpe", 1): [0.42, float("nan")]}
+    for (arm, seed), accs in vals.items():
+        kept = tmp_path / f"{arm}-s{seed}"
+        kept.mkdir()
+        pd.DataFrame({"trial_id": [f"{arm}{seed}{i}" for i in range(len(accs))], "arch": "cnn", "head": "softmax",
+                      "status": ["completed"] * len(accs), "best_val_acc": accs, "epochs_run": 2,
+                      "path": [str(tmp_path / "gone" / str(i)) for i in range(len(accs))], "lr": [0.01] * len(accs),
+                      "model_widths": ["[8, 16]"] * len(accs)}).to_parquet(kept / "trials.parquet")
+        (kept / "spec.json").write_text(json.dumps({"constants": {"epochs": 2}, "data_dir": None,
+                                                    "settings": {"fake_data": True}}))
+    chosen = study.pays_jobs(pays, tmp_path)
+    assert [(j["label"], j["seed"]) for j in chosen["jobs"]] == [
+        ("recipe-recipe00", 0), ("random-random10", 0), ("tpe-tpe00", 0),
+        ("recipe-recipe00", 1), ("random-random10", 1), ("tpe-tpe00", 1)]
+    assert chosen["jobs"][0]["config"] == {"arch": "cnn", "head": "softmax", "lr": 0.01, "model_widths": [8, 16]}
+    assert chosen["fake_data"] is True and chosen["constants"] == {"epochs": 2}

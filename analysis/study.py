@@ -20,7 +20,8 @@ Scales:
   8 epochs, ASHA; then 3 seeds of each pair's best at 10 epochs on all 50,000), softmax's best
   at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST; the seed
   reports' own CNNs searched here and trained at their budgets (cnn_base and cnn_keras with softmax
-  and Gumbel at 50 epochs, cnn_vgg at 15; one seed each); and whether the search pays (`Pays`:
+  and Gumbel at 50 epochs, cnn_vgg at 15; one seed each); a ViT sized for this CPU (vit_cpu) x every
+  head from scratch, one seed at 10 epochs; and whether the search pays (`Pays`:
   airnet_s + softmax searched by the recipe alone, random search + ASHA and TPE + ASHA at the same
   budget, two search seeds, each arm's best retrained with 3 seeds);
 - `gpu`: resnet18, vit_tiny, efficientnet_b0 x every head, 30 epochs, 4 trials per pair packed four
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from common.cli import ArgumentParser, check_out_dir, guard
-from tuning.results import Results
+from tuning.results import Results, best, config_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,8 @@ SCALES = {s.name: s for s in (
     Scale("cpu", "CIFAR-100: airnet_s (the fast backbone) x every head (8 trials per pair, then 3 seeds of each "
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
                  "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs; "
-                 "cnn_vgg, 15 epochs; searched here, one seed each); whether the search pays (airnet_s + softmax: "
+                 "cnn_vgg, 15 epochs; searched here, one seed each); vit_cpu x every head from scratch (one "
+                 "seed, 10 epochs); whether the search pays (airnet_s + softmax: "
                  "the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it again after "
                  "a stop.",
           (Part("cifar100", _airnet_search("--num-samples", "40"), retrain_epochs=10, curve=(5, 20)),
@@ -135,7 +137,12 @@ SCALES = {s.name: s for s in (
            # the VGG-like CNN (61% after 8 hours on a CPU): ~220 s an epoch on one core, so 6 trials of 5
            # epochs, then one seed at 15 epochs on both cores (~35 min)
            Part("cifar100_vgg", _cnn_search("--set", "arch=cnn_vgg", "--set", "head=softmax", "--set", "epochs=5",
-                                            "--num-samples", "6"), seeds=1, retrain_epochs=15, cpus_per_task=2)),
+                                            "--num-samples", "6"), seeds=1, retrain_epochs=15, cpus_per_task=2),
+           # the transformer row: vit_cpu (models/vit.py: 6 blocks, width 128, 4x4 patches) x every head from
+           # scratch, 4 trials a pair on 10,000 images, then one seed of each pair's best at 10 epochs
+           Part("cifar100_vit", ("--space", "vit_cpu_heads", "--set", "train_limit=10000", "--set", "epochs=8",
+                                 "--set", "grace_period=2", "--set", "reduction_factor=3", "--num-samples", "20",
+                                 "--max-concurrent", "2", "--cpus-per-trial", "1"), seeds=1, retrain_epochs=10)),
           ("--classes", "100,10000,100000", "--dim", "256", "--batch", "128", "--repeats", "3", "--min-time", "0.3"),
           targets={("cifar100", None): 0.61, ("fashion_mnist", None): 0.935},
           # does the search pay? airnet_s + softmax, 12 trials an arm and search seed, as the cifar100 part's pairs
@@ -356,8 +363,6 @@ def pays_jobs(pays: Pays, kept: Path) -> dict:
     config read from the kept trials table (the search's folder may be on another machine), x seeds."""
     import pandas as pd
 
-    from tuning.results import best
-
     picks = {}
     for arm, seed, _ in pays.searches():
         trials = pd.read_parquet(kept / f"{arm}-s{seed}" / "trials.parquet")
@@ -380,8 +385,6 @@ def pays_jobs(pays: Pays, kept: Path) -> dict:
 def _config_of(trials, row) -> dict:
     """A trial's config: its params.json when its folder is on this machine, else the kept table's columns
     (where lists were written as their JSON text)."""
-    from tuning.results import Results, config_columns
-
     params = Path(str(row["path"])) / "params.json"
     if params.is_file():
         return Results.trial_config(params.parent)

@@ -106,6 +106,14 @@ def effnet_heads() -> Space:
 
 
 @register_space
+def vit_cpu_heads() -> Space:
+    return Space("vit_cpu_heads", _heads_space(optimizers=("adamw",)), ("vit_cpu",),
+                 constants={**CIFAR100, "epochs": 15, "warmup_epochs": 2.0},
+                 settings={"num_samples": 20, "grace_period": 2, "reduction_factor": 3, "max_concurrent": 2},
+                 description="vit_cpu (a ViT sized for 32x32 images on a 2-core CPU) x every head")
+
+
+@register_space
 def all_heads() -> Space:
     return Space("all_heads", _heads_space(), ("cnn_bn4", "resnet18", "vit_tiny", "efficientnet_b0"),
                  constants={**CIFAR100, "epochs": 30},

@@ -38,7 +38,11 @@ def test_tiny_study_writes_every_result(tiny):
     spec = json.loads((out / "spec.json").read_text())
     assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/curve", "cifar100/report",
                                     "fashion_mnist/search",
-                                    "fashion_mnist/retrain", "fashion_mnist/report", "heads_bench"]
+                                    "fashion_mnist/retrain", "fashion_mnist/report", "pays/recipe-s0/search",
+                                    "pays/random-s0/search", "pays/tpe-s0/search", "pays/retrain", "heads_bench"]
+    pays = pd.read_parquet(out / "stages" / "pays" / "retrain" / "final.parquet")  # each arm's best, 2 seeds
+    assert sorted(pays["label"].str.split("-").str[0].unique()) == ["random", "recipe", "tpe"] and len(pays) == 6
+    assert "figures/search_pays.png" in _figures((out / "report.md").read_text())
     assert spec["experiments"]["cifar100"]["space"] == "smoke"
     assert (out / "command.txt").read_text().startswith("python -m analysis.study --scale tiny")
     text = (out / "report.md").read_text()
@@ -86,7 +90,8 @@ def test_rerun_skips_finished_stages(tiny, capsys):
     capsys.readouterr()
     assert study.main(["--scale", "tiny", "--work", str(root / "work"), "--out", str(root / "results")]) == 0
     out = capsys.readouterr().out
-    assert out.count("skipped") == 8 and "wrote" in out  # 2 parts x (search, retrain, report), the curve, the bench
+    # 2 parts x (search, retrain, report), the curve, the 3 arms' searches and their retrain, the bench
+    assert out.count("skipped") == 12 and "wrote" in out
 
 
 @pytest.mark.slow

@@ -199,6 +199,8 @@ def published_table(final: pd.DataFrame) -> pd.DataFrame:
             if not len(same):
                 row["beaten"] = (f"by another backbone, {mean - top:+.2%}" if mean > top
                                  else f"no, {mean - top:+.2%}")
+            elif row["beaten"].startswith("no") and mean > top:  # lost on its own architecture only
+                row["beaten"] += f" on its own; by another backbone, {mean - top:+.2%}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -398,20 +400,23 @@ def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.D
             list(vs[(vs["arch"] == arch) & (vs["verdict"] == "better than softmax")]["head"])
         worse = [] if vs is None or vs.empty else \
             list(vs[(vs["arch"] == arch) & (vs["verdict"] == "worse than softmax")]["head"])
+        n = int(means.loc[best, "size"])
+        spread = f"std {means.loc[best, 'std']:.2%} over {n} seeds" if n > 1 else "1 seed: no spread, said so"
         text = (f"**{part}, {arch}**: best head {best}, {means.loc[best, 'mean']:.2%} test accuracy "
-                f"(std {means.loc[best, 'std']:.2%} over {int(means.loc[best, 'size'])} seeds, ~{minutes:.0f} min a "
-                f"run on 1 core)")
+                f"({spread}, ~{minutes:.0f} min a run on 1 core)")
         if "softmax" in means.index and best != "softmax":
             text += f"; softmax {means.loc['softmax', 'mean']:.2%}"
         text += (f"; better than softmax beyond the seed spread: {', '.join(better) or 'none'}; worse: "
                  f"{', '.join(worse) or 'none'}.")
         lines.append(f"- {text}")
     if len(published):
-        beaten = published[published["beaten"].str.startswith(("yes", "by another"))]
+        beaten = published[published["beaten"].str.contains("yes|by another")]
         same = published[published["beaten"].str.startswith("yes")]
+        lost = published[published["beaten"].str.startswith("no") & published["same architecture here"].str.contains("%")]
         lines.append(f"- Seed reports' figures: {len(beaten)} of {len(published)} beaten by a model trained here "
-                     f"({len(same)} on their own architecture); the rest were not run at this scale or not beaten "
-                     "(table below).")
+                     f"({len(same)} on their own architecture"
+                     + (f"; not on their own architecture: {'; '.join(lost['reported elsewhere'])}" if len(lost) else "")
+                     + "); the rest were not run at this scale or not beaten (table below).")
     if len(paid):
         gain = paid["search minus recipe"].dropna()
         lines.append(f"- Did the search pay? Within the pairs' searches (validation, search budget) the best trial "

@@ -6,8 +6,8 @@ Ray tasks with the search's (fractional) GPU resources, then evaluates each mode
 on the test set. Writes `<experiment>/analysis/` (or `--out`): `chosen.json` (the configs x seeds: a
 retrain can start again from it alone), `runs/<label>-seed<k>.json` as each run finishes (a stopped
 retrain runs again only what has no file), then `final.parquet`, one row per (config, seed), and
-the confusion matrices as .npy files. A progress line at least every 25 s of training (`-q`: none,
-`-v`: after every epoch too).
+the confusion matrices as .npy files. A progress line at least every 25 s of training (epoch, step, the
+last finished epoch's training loss, time in and left; `-q`: none, `-v`: after every epoch too).
 """
 from __future__ import annotations
 

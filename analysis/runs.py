@@ -65,12 +65,12 @@ def head_time_share(trained: engine.Trained, split: data.Split, steps: int = 10)
 
 
 def retrain_one(config: dict, seed: int, split: data.Split, out_dir: Path, label: str,
-                epochs: int | None = None, on_step=None) -> dict:
+                epochs: int | None = None, on_step=None, on_epoch=None) -> dict:
     """Train one config with one seed on train+val, then evaluate it once on the test set."""
     flat = {k: v for k, v in config.items() if k not in _DROP}
     flat.update(seed=seed, **({"epochs": epochs} if epochs else {}))
     cfg = TrainConfig.from_dict(flat)
-    fit = engine.fit(cfg, split, on_step=on_step)
+    fit = engine.fit(cfg, split, on_step=on_step, on_epoch=on_epoch)
     trained = fit.trained
     share = head_time_share(trained, split)
     test = engine.evaluate(trained, trained.loader(split.x_test, split.y_test),
@@ -105,6 +105,10 @@ class Progress:
         self.name, self.epochs, self.every, self.verbose = f"{label} seed {seed}", epochs, every, verbose
         self.start = self.last = time.perf_counter()
         self.epoch = 0
+        self.loss = None  # (epoch, its training loss): a retrain has no validation set to score so far
+
+    def epoch_done(self, metrics: dict, _state=None) -> None:
+        self.loss = (metrics.get("epoch"), metrics.get("train_loss"))
 
     def step(self, step: int, steps: int) -> None:
         now = time.perf_counter()
@@ -117,7 +121,8 @@ class Progress:
         left = (now - self.start) * (1 - done) / done if done >= 0.05 else float("nan")  # no guess off a first step
         where = f"epoch {self.epoch}/{self.epochs} done" if step == steps else \
             f"epoch {self.epoch + 1}/{self.epochs}, step {step}/{steps}"
-        print(f"  {self.name}: {where}, {_minutes(now - self.start)} in, ~{_minutes(left)} left", flush=True)
+        loss = f", epoch {self.loss[0]} train loss {self.loss[1]:.3f}" if self.loss else ""
+        print(f"  {self.name}: {where}{loss}, {_minutes(now - self.start)} in, ~{_minutes(left)} left", flush=True)
 
 
 def _minutes(seconds: float) -> str:
@@ -134,7 +139,7 @@ def _retrain_task(job: dict, split, out_dir: Path, epochs: int | None, verbosity
     import ray
 
     row = retrain_one(job["config"], job["seed"], split, out_dir, job["label"], epochs,
-                      on_step=progress.step if verbosity > 0 else None)
+                      on_step=progress.step if verbosity > 0 else None, on_epoch=progress.epoch_done)
     return {**row, "node_id": ray.get_runtime_context().get_node_id()}  # which machine of a cluster trained it
 
 

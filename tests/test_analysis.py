@@ -200,10 +200,11 @@ def test_a_runs_progress_lines_come_every_25_s_and_at_each_epoch_with_v(monkeypa
     def train(verbose: bool) -> list[str]:
         clock[0] = 0.0
         progress = runs.Progress("airnet_s-softmax-x", 0, epochs=2, verbose=verbose)
-        for _ in range(2):  # 2 epochs of 10 steps, 6 s a step
+        for epoch in (1, 2):  # 2 epochs of 10 steps, 6 s a step; the engine's on_epoch after the last step
             for step in range(1, 11):
                 clock[0] += 6.0
                 progress.step(step, 10)
+            progress.epoch_done({"epoch": epoch, "train_loss": 4.5 / epoch})
         return capsys.readouterr().out.splitlines()
 
     quiet = train(verbose=False)
@@ -211,5 +212,8 @@ def test_a_runs_progress_lines_come_every_25_s_and_at_each_epoch_with_v(monkeypa
     assert [line.split(", ")[-2] for line in quiet] == ["0m30s in", "1m00s in", "1m30s in", "2m00s in"]
     assert quiet[0] == "  airnet_s-softmax-x seed 0: epoch 1/2, step 5/10, 0m30s in, ~1m30s left"
     assert quiet[1] == "  airnet_s-softmax-x seed 0: epoch 1/2 done, 1m00s in, ~1m00s left"
+    assert quiet[2] == ("  airnet_s-softmax-x seed 0: epoch 2/2, step 5/10, epoch 1 train loss 4.500, 1m30s in, "
+                        "~0m30s left")  # the last finished epoch's training loss: a retrain has no validation
     verbose = train(verbose=True)
-    assert sum(" done, " in line for line in verbose) == 2 and verbose[-1].endswith("epoch 2/2 done, 2m00s in, ~0m00s left")
+    assert sum(" done, " in line for line in verbose) == 2
+    assert verbose[-1].endswith("epoch 2/2 done, epoch 1 train loss 4.500, 2m00s in, ~0m00s left")

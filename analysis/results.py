@@ -44,3 +44,14 @@ def to_parquet(df: pd.DataFrame, path: Path) -> None:
             out[col] = out[col].map(lambda v: json.dumps(v) if isinstance(v, (list, dict, tuple)) else v)
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_parquet(path, index=False)
+
+
+def config_value(cell):
+    """A config cell of a table `to_parquet` wrote, as the config held it: a list's or a dict's JSON text back
+    to the value, numpy scalars to Python."""
+    if isinstance(cell, str) and cell[:1] in "[{":
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError:
+            return cell
+    return cell.tolist() if hasattr(cell, "tolist") else cell

@@ -277,6 +277,17 @@ def publish_search(exp: Path, keep: Path) -> None:
     (keep / "spec.json").write_text(json.dumps(results.spec, indent=1, default=str))
 
 
+def run_search(stages: Stages, key: str, exp: Path, kept: Path, seed: int, data: list[str],
+               search: tuple[str, ...]) -> None:
+    """The search stage `key` into the experiment folder `exp` (resumed when a stop cut it), its small outputs
+    published into `kept` when it ends, or on the next run when a stop came between the two."""
+    resume = ["--resume"] if (exp / "spec.json").exists() else []  # a search stopped before it ended
+    if stages.run(key, module("tuning.search", "--storage", str(exp.parent), "--name", exp.name, "--seed", str(seed),
+                              "--no-dashboard", "-q", *data, *(resume or search))) or (
+            (exp / "spec.json").exists() and not (kept / "spec.json").exists()):  # (a stop before it was kept)
+        publish_search(exp, kept)
+
+
 def curve_jobs(kept: Path, budgets: tuple[int, ...]) -> Path:
     """<kept>/curve/chosen.json: the softmax pair's retrained config, seed 0, once per budget (epochs)."""
     path = kept / "curve" / "chosen.json"
@@ -300,12 +311,7 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
     data = [] if scale.fake_data else ["--data-dir", data_dir]
     for part in scale.parts:
         exp, kept = work / part.name, keep / part.name
-        resume = ["--resume"] if (exp / "spec.json").exists() else []  # a search stopped before it ended
-        if stages.run(f"{part.name}/search", module("tuning.search", "--storage", str(work), "--name", part.name,
-                                                   "--seed", str(seed), "--no-dashboard", "-q", *data,
-                                                   *(resume or part.search))) or (
-                (exp / "spec.json").exists() and not (kept / "spec.json").exists()):  # (a stop before it was kept)
-            publish_search(exp, kept)
+        run_search(stages, f"{part.name}/search", exp, kept, seed, data, part.search)
         chosen = kept / "retrain" / "chosen.json"  # a retrain started before (here or on another machine)
         epochs = ["--epochs", str(part.retrain_epochs)] if part.retrain_epochs else []
         cpus = f"{part.cpus_per_task or scale.cpus_per_task:g}"
@@ -342,13 +348,7 @@ def run_pays(pays: Pays, stages: Stages, work: Path, kept: Path, data: list[str]
     best config."""
     for arm, seed, search in pays.searches():
         name = f"{arm}-s{seed}"
-        exp = work / f"{PAYS}-{name}"
-        resume = ["--resume"] if (exp / "spec.json").exists() else []
-        if stages.run(f"{PAYS}/{name}/search", module("tuning.search", "--storage", str(work), "--name", exp.name,
-                                                     "--seed", str(seed), "--no-dashboard", "-q", *data,
-                                                     *(resume or search))) or (
-                (exp / "spec.json").exists() and not (kept / name / "spec.json").exists()):
-            publish_search(exp, kept / name)
+        run_search(stages, f"{PAYS}/{name}/search", work / f"{PAYS}-{name}", kept / name, seed, data, search)
     chosen = kept / "retrain" / "chosen.json"
     if not chosen.exists():
         chosen.parent.mkdir(parents=True, exist_ok=True)
@@ -385,20 +385,12 @@ def pays_jobs(pays: Pays, kept: Path) -> dict:
 def _config_of(trials, row) -> dict:
     """A trial's config: its params.json when its folder is on this machine, else the kept table's columns
     (where lists were written as their JSON text)."""
+    from analysis.results import config_value  # pandas: once the searches are done, not for --help
+
     params = Path(str(row["path"])) / "params.json"
     if params.is_file():
         return Results.trial_config(params.parent)
-    return {c: _plain(row[c]) for c in config_columns(trials) if not _missing(row[c])}
-
-
-def _plain(value):
-    """A parquet cell as JSON wants it: numpy scalars to Python, a list's or a dict's JSON text to the value."""
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value.tolist() if hasattr(value, "tolist") else value
+    return {c: config_value(row[c]) for c in config_columns(trials) if not _missing(row[c])}
 
 
 def _missing(value) -> bool:

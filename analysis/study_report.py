@@ -69,15 +69,19 @@ def load_parts(scale, keep: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
         specs[part.name] = json.loads((kept / "spec.json").read_text())
         trials.append(pd.read_parquet(kept / "trials.parquet").assign(part=part.name))
         history.append(pd.read_parquet(kept / "history.parquet").assign(part=part.name))
-        path, runs = kept / "retrain" / "final.parquet", sorted((kept / "retrain" / "runs").glob("*.json"))
-        if path.exists():
-            finals.append(pd.read_parquet(path).assign(part=part.name, dataset=part.dataset))
-        elif runs:  # a retrain still under way: the runs that finished
-            finals.append(pd.DataFrame([json.loads(f.read_text()) for f in runs]).assign(part=part.name,
-                                                                                       dataset=part.dataset))
+        rows = retrain_rows(kept / "retrain")
+        if len(rows):
+            finals.append(rows.assign(part=part.name, dataset=part.dataset))
     final = pd.concat(finals, ignore_index=True) if finals else pd.DataFrame(columns=FINAL_COLUMNS)
     return (pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=["part", "status"]),
             pd.concat(history, ignore_index=True) if history else pd.DataFrame(columns=["part"]), final, specs)
+
+
+def retrain_rows(folder: Path) -> pd.DataFrame:
+    """A retrain's rows: its final.parquet, or while it is still under way the runs that finished."""
+    if (folder / "final.parquet").exists():
+        return pd.read_parquet(folder / "final.parquet")
+    return pd.DataFrame([json.loads(f.read_text()) for f in sorted((folder / "runs").glob("*.json"))])
 
 
 def versus_by_part(final: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -240,10 +244,7 @@ def load_pays(scale, keep: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         path = keep / "pays" / f"{arm}-s{seed}" / "trials.parquet"
         if path.exists():
             searches.append(pd.read_parquet(path).assign(arm=arm, search_seed=seed))
-    retrain = keep / "pays" / "retrain"
-    runs = sorted((retrain / "runs").glob("*.json"))
-    final = pd.read_parquet(retrain / "final.parquet") if (retrain / "final.parquet").exists() else \
-        pd.DataFrame([json.loads(f.read_text()) for f in runs])
+    final = retrain_rows(keep / "pays" / "retrain")
     if len(final):
         final = final.assign(arm=final["label"].str.split("-").str[0])
     return (pd.concat(searches, ignore_index=True) if searches else pd.DataFrame()), final
@@ -477,9 +478,10 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
     published, paid = published_table(final), search_paid(trials)
     curve = load_curve(scale, keep, final)
     budget = next((p.retrain_epochs for p in scale.parts if p.curve), None)
+    pays = load_pays(scale, keep)
     md = [f"# headsweep study: {scale.name} scale", "",
           "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budget),
-          *pays_answer(scale, keep), "",
+          *pays_answer(scale, pays), "",
           f"{scale.description}", "", f"Made by `{command}`; `make study` reproduces the cpu scale.", "",
           "Data:", "", *[f"- {c}" for c in caveats], "",
           "## Headline", "",
@@ -516,7 +518,7 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
            "## Did the search pay?", "",
            "Each pair's search started from the family recipe (its first trial); the table sets the best trial "
            "the search found against it, on validation at the search's budget.", "", _table(paid), "",
-           *pays_section(scale, keep, out),
+           *pays_section(scale, pays, keep, out),
            "## What ASHA saved", "", _table(asha_table(trials, specs)), "",
            "## Reported elsewhere vs here", "",
            "Their figures are single runs on the official CIFAR-100 / Fashion-MNIST split with their own budgets "
@@ -536,11 +538,12 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
     return md
 
 
-def pays_answer(scale, keep: Path) -> list[str]:
-    """The opening paragraph's line on the arms: each arm's best on the test set against the recipe alone."""
+def pays_answer(scale, pays: tuple[pd.DataFrame, pd.DataFrame]) -> list[str]:
+    """The opening paragraph's line on the arms (`load_pays`): each arm's best on the test set against the
+    recipe alone."""
     if scale.pays is None:
         return []
-    test = pays_test(load_pays(scale, keep)[1])
+    test = pays_test(pays[1])
     if test.empty:
         return ["- Does the search pay against the recipe alone and random search at the same budget? Not run yet."]
     parts = [f"{r['arm']} {r['test accuracy']}" + (f" ({r['minus recipe [95% CI]']} vs the recipe: {r['verdict']})"
@@ -549,11 +552,12 @@ def pays_answer(scale, keep: Path) -> list[str]:
     return ["- Does the search pay? Each arm's best config on the test set: " + "; ".join(parts) + "."]
 
 
-def pays_section(scale, keep: Path, out: Path) -> list[str]:
-    """The search-pays arms: the searches at equal budgets, the plot, and each arm's best on the test set."""
+def pays_section(scale, pays: tuple[pd.DataFrame, pd.DataFrame], keep: Path, out: Path) -> list[str]:
+    """The search-pays arms (`load_pays`): the searches at equal budgets, the plot, and each arm's best on the
+    test set."""
     if scale.pays is None:
         return []
-    searches, final = load_pays(scale, keep)
+    searches, final = pays
     specs = sorted((keep / "pays").glob("*/spec.json"))
     max_epochs = int(json.loads(specs[0].read_text()).get("max_epochs", 1)) if specs else 1
     return ["### The arms: the recipe alone, random search + ASHA, TPE + ASHA", "",

@@ -34,7 +34,7 @@ class ArgumentParser(argparse.ArgumentParser):
         """Every default in --help: appended to an option's help unless the help already names it."""
         default, text = kwargs.get("default"), kwargs.get("help")
         if text != argparse.SUPPRESS and default not in (None, False, argparse.SUPPRESS) and \
-                "default" not in (text or "") and "%(default)" not in (text or ""):
+                "default" not in (text or ""):  # (a help with %(default)s names it too)
             shown = str(default).replace("%", "%%")  # argparse %-formats the help
             kwargs["help"] = f"{text} (default: {shown})" if text else f"default: {shown}"
         return super().add_argument(*args, **kwargs)

@@ -45,21 +45,22 @@ def rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> set[int]
     return out
 
 
-def error_line(text: str | None) -> str:
+def error_line(text: str | None, node: str | None = None) -> str:
     """The line that says what went wrong: the last non-empty line of a traceback, or what a lost
     worker or node means in a few words (Ray's paragraph on it lists causes that are not ours)."""
-    lost = lost_worker(text)
+    lost = lost_worker(text, node)
     if lost:
         return lost
     lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "(no error text)"
 
 
-def lost_worker(text: str | None) -> str | None:
-    """What Ray's error says was lost when a trial's process or machine died, or None for any other error."""
+def lost_worker(text: str | None, node: str | None = None) -> str | None:
+    """What Ray's error says was lost when a trial's process or machine died (the node by its id, when known),
+    or None for any other error."""
     text = text or ""
     if "node has died" in text or "NodeDiedError" in text or "node died" in text:
-        return "node lost (machine gone or raylet died)"
+        return f"node {node[:8] + ' ' if node else ''}lost (machine gone or raylet died)"
     if "worker process has died" in text or "ActorDiedError" in text or "WorkerCrashedError" in text:
         return "worker died (killed or out of memory)"
     return None
@@ -166,9 +167,7 @@ class Console(Callback):
 
 def _what_failed(trial) -> str:
     """The error's line; for a lost node, which one (the node id its last epoch ran on, as Ray names it)."""
-    text = error_line(_error_text(trial))
-    node = (trial.last_result or {}).get("node_id")
-    return text.replace("node lost", f"node {node[:8]} lost", 1) if node and text.startswith("node lost") else text
+    return error_line(_error_text(trial), (trial.last_result or {}).get("node_id"))
 
 
 def _error_text(trial) -> str | None:

@@ -227,12 +227,6 @@ def remove_ended_checkpoints(exp: Experiment, keep_best: bool) -> None:
         remove_checkpoints(fs, row.path, keep_last=row.trial_id in kept)
 
 
-class _RayRestoreHint(logging.Filter):
-    """Drops Ray's "Resume experiment with: Tuner.restore(...)": this tool prints its own command."""
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore" not in record.getMessage()
-
-
 class _RayAuthNotice(logging.Filter):
     """Ray 2.60 turns token authentication on for a new local cluster and says so in 245 characters that
     end by telling users how to turn it off; this keeps it on and says so in one line, with the token's place."""
@@ -255,7 +249,8 @@ def calm_ray_auth() -> None:
 
 def quiet_ray_logs() -> None:
     """Ray's driver-side warnings that repeat what the console says, or mislead a user of this CLI."""
-    logging.getLogger("ray.tune.tune").addFilter(_RayRestoreHint())
+    # "Resume experiment with: Tuner.restore(...)": this tool prints its own command.
+    logging.getLogger("ray.tune.tune").addFilter(_Said("Tuner.restore"))
     # "Failed to fetch metrics" for trials stopped before their first epoch: the summary counts them.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.utils.util").addFilter(_SlowUnder(SLOW_WARNING_S))
@@ -266,14 +261,14 @@ def quiet_ray_logs() -> None:
 
 
 class _Said(logging.Filter):
-    """Drops Ray's records that start with `prefix`: the console says the same in its own line."""
+    """Drops Ray's records that hold `text`: this tool says the same in its own words."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, text: str):
         super().__init__()
-        self.prefix = prefix
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
+        return self.text not in record.getMessage()
 
 
 SLOW_WARNING_S = 5.0

@@ -59,11 +59,10 @@ def _report(metrics: dict, get_state) -> None:
     _crash_test("after", metrics["epoch"])
 
 
+# The tests' fault injection and rendezvous, read from the environment (unset: nothing happens)
 CRASH_AT = "HEADSWEEP_TEST_CRASH_AT"  # "before:3,after:1": where the crash tests SIGKILL a trial's worker
 CRASH_MARKS = "HEADSWEEP_TEST_CRASH_MARKS"  # a folder: each crash once per trial, moment and epoch
-
-
-MEET = "HEADSWEEP_TEST_MEET"  # "<folder>:<n>": before its first report, each trial waits until n trials have
+MEET = "HEADSWEEP_TEST_MEET"  # "<folder>:<n>": each trial waits at its first report until n trials are there
 
 
 def _meet_test(epoch: int) -> None:

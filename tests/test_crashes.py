@@ -2,7 +2,6 @@
 tuning.trainable._crash_test): the trial goes on from its last checkpoint, never from scratch and
 never repeating an epoch it had reported; a trial that crashes more often than max_failures allows ends
 failed in Ray and Optuna alike, and the search says so in its exit code (1 only when nothing finished)."""
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import searched
 
 from tuning.trainable import CRASH_AT, CRASH_MARKS
 
@@ -25,17 +25,13 @@ def _search(tmp_path: Path, name: str, crash_at: str, *sets: str) -> subprocess.
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _epochs(trial_folder: Path) -> list[int]:
-    """The epochs a trial reported, in order, over all its restarts (Ray appends to result.json)."""
-    return [json.loads(line)["epoch"] for line in (trial_folder / "result.json").read_text().splitlines()]
+def _epochs(exp: Path) -> dict[str, list[int]]:
+    """Each trial folder's reported epochs, in order, over all its restarts."""
+    return {folder: [r["epoch"] for r in rows] for folder, rows in searched.results(exp).items()}
 
 
 def _optuna_states(exp: Path) -> dict[str, str]:
-    from tuning.experiment import Experiment
-
-    e = Experiment.open(exp)
-    return {t.user_attrs.get("ray_trial_id"): t.state.name for name in e.study_names()
-            for t in e.load_study(name).trials}
+    return {t.user_attrs.get("ray_trial_id"): t.state.name for t in searched.optuna_trials(exp)}
 
 
 @pytest.mark.slow  # Ray and a search in a subprocess
@@ -46,10 +42,10 @@ def test_a_worker_killed_before_and_after_its_reports_resumes_its_trial_from_the
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 trials: 3 completed, 0 pruned, 0 diverged, 0 error" in done.stdout
     exp = tmp_path / "k"
-    folders = [f for f in exp.iterdir() if (f / "params.json").exists()]
-    assert len(folders) == 3 and len(list((tmp_path / "marks-k").iterdir())) == 6  # each worker died twice
-    for folder in folders:  # none restarted from scratch, no reported epoch trained again
-        assert _epochs(folder) == [1, 2, 3, 4], (folder.name, _epochs(folder))
+    epochs = _epochs(exp)
+    assert len(epochs) == 3 and len(list((tmp_path / "marks-k").iterdir())) == 6  # each worker died twice
+    # none restarted from scratch, no reported epoch trained again
+    assert all(e == [1, 2, 3, 4] for e in epochs.values()), epochs
     assert Counter(_optuna_states(exp).values()) == {"COMPLETE": 3}
     retries = [line for line in done.stdout.splitlines() if " retry " in line]
     assert len(retries) == 6 and all("worker died (killed or out of memory); retry" in line for line in retries)
@@ -69,9 +65,8 @@ def test_a_trial_that_crashes_more_than_max_failures_ends_failed_everywhere(tmp_
 
     trials = analysis.load(tmp_path / "f")
     assert list(trials.status) == ["error", "error"]
-    for folder in (tmp_path / "f").iterdir():
-        if (folder / "params.json").exists():
-            assert _epochs(folder) == [1, 2], (folder.name, _epochs(folder))  # the retry went on from epoch 1
+    epochs = _epochs(tmp_path / "f")
+    assert len(epochs) == 2 and all(e == [1, 2] for e in epochs.values()), epochs  # the retry went on from epoch 1
     assert set(_optuna_states(tmp_path / "f").values()) == {"FAIL"}
     failed = [line for line in done.stdout.splitlines() if " failed " in line]
     assert len(failed) == 2 and all(line.endswith("worker died (killed or out of memory); gave up after 1 retry")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import searched
 from clitest import assert_one_line
 
 import heads
@@ -20,28 +21,6 @@ import search_spaces
 from tuning import search
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _optuna_trials(experiment: Path) -> list:
-    """Every Optuna trial of the experiment, over all its studies (one per pair)."""
-    from tuning.experiment import Experiment
-
-    exp = Experiment.open(experiment)
-    return [t for name in exp.study_names() for t in exp.load_study(name).trials]
-
-
-def _results(experiment: Path) -> dict[str, list[dict]]:
-    """trial folder name -> the results it reported, from Tune's own result.json files."""
-    out = {}
-    for folder in (f for f in experiment.iterdir() if (f / "params.json").exists()):  # Ray writes it at start
-        lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").exists() else []
-        out[folder.name] = []
-        for line in lines:
-            try:
-                out[folder.name].append(json.loads(line))
-            except json.JSONDecodeError:  # the last line, which Ray is writing now
-                break
-    return out
 
 
 @pytest.mark.slow
@@ -52,11 +31,11 @@ def test_smoke_search_end_to_end(smoke_experiment):
     assert spec["space"] == "smoke" and spec["versions"]["ray"] and spec["settings"]["num_samples"] == 12
     assert spec["max_epochs"] == 4
     assert (exp / "optuna.log").stat().st_size > 0 and list(exp.glob("experiment_state-*.json"))
-    results = _results(exp)
+    results = searched.results(exp)
     assert len(results) == 12
     epochs = [r[-1]["epoch"] for r in results.values()]
     assert max(epochs) == 4 and min(epochs) < 4  # some ran to the end, ASHA stopped some
-    trials = _optuna_trials(exp)
+    trials = searched.optuna_trials(exp)
     states = Counter(t.state.name for t in trials)
     assert states["PRUNED"] == sum(e < 4 for e in epochs) and states["COMPLETE"] == sum(e == 4 for e in epochs)
     assert all(t.value is not None for t in trials if t.state.name == "PRUNED")
@@ -99,14 +78,14 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path, moment
     proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (exp.exists() and _kill_moment(moment, _results(exp), n)):
+    while not (exp.exists() and _kill_moment(moment, searched.results(exp), n)):
         if time.time() > deadline or proc.poll() is not None:
             pytest.fail(f"the {moment} moment did not come (exit {proc.poll()})")
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # no warning: mid-write, mid-save, wherever it is
     proc.wait()
     ended = _ended_in_rays_state(exp)
-    lines_before = {k: len(v) for k, v in _results(exp).items() if k.rsplit("-", 1)[-1] in ended}
+    lines_before = {k: len(v) for k, v in searched.results(exp).items() if k.rsplit("-", 1)[-1] in ended}
     # The name alone resumes it: the space and the --set values come from spec.json.
     done = subprocess.run([sys.executable, "-m", "tuning.search", "--storage", str(tmp_path), "--name", "r",
                            "--no-dashboard", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
@@ -116,15 +95,15 @@ def test_killed_search_resumes_without_redoing_or_losing_trials(tmp_path, moment
     trials = analysis.load(exp)  # the experiment's own trial list, as a notebook sees it
     # None lost: all n trials ended; the ones Ray had recorded as ended were not run again.
     assert len(trials) == n and set(trials.status) <= {"completed", "diverged"}, trials[["trial_id", "status"]]
-    after = _results(exp)
+    after = searched.results(exp)
     assert {k: len(after[k]) for k in lines_before} == lines_before
     # No config trained twice: a config the killed driver had started after Ray's last save is
     # taken over by a new Ray trial as the same Optuna trial, not proposed again.
-    searched = [c for c in ("lr", "weight_decay", "momentum", "batch_size") if c in trials]
-    assert not trials.duplicated(["arch", "head", *searched]).any(), trials[["arch", "head", *searched]]
+    params = [c for c in ("lr", "weight_decay", "momentum", "batch_size") if c in trials]
+    assert not trials.duplicated(["arch", "head", *params]).any(), trials[["arch", "head", *params]]
     # The studies agree with Ray trial by trial: one Optuna trial per Ray trial, in the same state;
     # any other was orphaned and is FAIL with its reason; none RUNNING or WAITING.
-    optuna_trials = _optuna_trials(exp)
+    optuna_trials = searched.optuna_trials(exp)
     by_ray = Counter(t.user_attrs.get("ray_trial_id") for t in optuna_trials)
     assert all(by_ray[t] == 1 for t in trials.trial_id), by_ray
     state_of = {t.user_attrs.get("ray_trial_id"): t.state.name for t in optuna_trials}
@@ -161,7 +140,7 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
                           timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "6 trials: 6 completed, 0 pruned, 0 diverged, 0 error" in done.stdout
-    states = Counter(t.state.name for t in _optuna_trials(tmp_path / "copy" / "i"))
+    states = Counter(t.state.name for t in searched.optuna_trials(tmp_path / "copy" / "i"))
     assert states == {"COMPLETE": 6}, states  # the stopped trials went on; nothing orphaned, nothing redone
     assert (tmp_path / "i" / "optuna.log").read_bytes() == journal
 
@@ -195,7 +174,7 @@ def test_a_failing_trial_does_not_stop_the_others(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(search_spaces, "get_space", lambda name: faulty)
     code = search.main(["--space", "faulty", "--storage", str(tmp_path), "--name", "f", "--no-dashboard",
                         "--seed", "1"])
-    results = _results(tmp_path / "f")
+    results = searched.results(tmp_path / "f")
     failed = [k for k, v in results.items() if v and v[-1].get("config_error")]
     assert code == 0 and 0 < len(failed) < 6, results
     assert all(k.startswith("cnn-adaptive-") for k in failed)  # trial folders: pair and Ray trial id
@@ -363,7 +342,7 @@ def test_storage_uri(tmp_path):
                             "--set", "head=[softmax,gumbel]"])
         assert code == 0
         assert json.loads((tmp_path / "remote" / name / "spec.json").read_text())["space"] == "smoke"
-        assert len(_results(tmp_path / "remote" / name)) == 2
+        assert len(searched.results(tmp_path / "remote" / name)) == 2
         assert (journal_dir / "optuna.log").stat().st_size > 0
         spec = json.loads((tmp_path / "remote" / name / "spec.json").read_text())
         assert spec["journal"] == str(journal_dir / "optuna.log")

@@ -7,7 +7,8 @@ on the test set. Writes `<experiment>/analysis/` (or `--out`): `chosen.json` (th
 retrain can start again from it alone), `runs/<label>-seed<k>.json` as each run finishes (a stopped
 retrain runs again only what has no file), then `final.parquet`, one row per (config, seed), and
 the confusion matrices as .npy files. A progress line at least every 25 s of training (epoch, step, the
-last finished epoch's training loss, time in and left; `-q`: none, `-v`: after every epoch too).
+last finished epoch's training loss and its accuracy on 2,000 training images, since a retrain has no
+validation split and reads the test set once; time in and left; `-q`: none, `-v`: after every epoch too).
 """
 from __future__ import annotations
 

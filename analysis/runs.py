@@ -105,10 +105,12 @@ class Progress:
         self.name, self.epochs, self.every, self.verbose = f"{label} seed {seed}", epochs, every, verbose
         self.start = self.last = time.perf_counter()
         self.epoch = 0
-        self.loss = None  # (epoch, its training loss): a retrain has no validation set to score so far
+        self.scores = ""  # the last finished epoch's: a retrain has no validation set, so training images
 
     def epoch_done(self, metrics: dict, _state=None) -> None:
-        self.loss = (metrics.get("epoch"), metrics.get("train_loss"))
+        acc = metrics.get("train_acc")
+        self.scores = (f", epoch {metrics.get('epoch')} train loss {metrics.get('train_loss'):.3f}"
+                       + (f" acc {acc:.3f} ({engine.SEEN_SAMPLE} training images)" if acc is not None else ""))
 
     def step(self, step: int, steps: int) -> None:
         now = time.perf_counter()
@@ -121,8 +123,7 @@ class Progress:
         left = (now - self.start) * (1 - done) / done if done >= 0.05 else float("nan")  # no guess off a first step
         where = f"epoch {self.epoch}/{self.epochs} done" if step == steps else \
             f"epoch {self.epoch + 1}/{self.epochs}, step {step}/{steps}"
-        loss = f", epoch {self.loss[0]} train loss {self.loss[1]:.3f}" if self.loss else ""
-        print(f"  {self.name}: {where}{loss}, {_minutes(now - self.start)} in, ~{_minutes(left)} left", flush=True)
+        print(f"  {self.name}: {where}{self.scores}, {_minutes(now - self.start)} in, ~{_minutes(left)} left", flush=True)
 
 
 def _minutes(seconds: float) -> str:

@@ -247,11 +247,13 @@ def run_to_the_end(argv: list[str], out, progress: Callable[[], None]) -> int:
 
 
 def last_line(log: Path, limit: int = 160) -> str:
-    """The log's last non-empty line (its end only: logs grow to megabytes), shortened."""
+    """The log's last non-empty line not indented (its end only: logs grow to megabytes), shortened: an
+    indented line continues the one above it (the search's per-pair status under its totals)."""
     with log.open("rb") as f:
         f.seek(max(0, f.seek(0, 2) - 4096))
         lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    line = lines[-1].strip() if lines else "(nothing logged yet)"
+    heads = [line for line in lines if not line[0].isspace()] or lines
+    line = heads[-1].strip() if heads else "(nothing logged yet)"
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
@@ -282,8 +284,10 @@ def run_search(stages: Stages, key: str, exp: Path, kept: Path, seed: int, data:
     """The search stage `key` into the experiment folder `exp` (resumed when a stop cut it), its small outputs
     published into `kept` when it ends, or on the next run when a stop came between the two."""
     resume = ["--resume"] if (exp / "spec.json").exists() else []  # a search stopped before it ended
+    # the console's normal level: the stage's progress line (its log's last line) is then a trial event or
+    # the 30-s status (trials done, best val_acc), not the search's header
     if stages.run(key, module("tuning.search", "--storage", str(exp.parent), "--name", exp.name, "--seed", str(seed),
-                              "--no-dashboard", "-q", *data, *(resume or search))) or (
+                              "--no-dashboard", *data, *(resume or search))) or (
             (exp / "spec.json").exists() and not (kept / "spec.json").exists()):  # (a stop before it was kept)
         publish_search(exp, kept)
 

@@ -153,8 +153,10 @@ def test_test_set_is_evaluated_once_per_retrained_model(fake_dir, tmp_path, monk
     ds = data.load_dataset("cifar100", fake_dir, download=False)
     config = {"arch": "cnn", "model_widths": [8], "model_fc_widths": [16], "epochs": 2, "batch_size": 64,
               "val_fraction": 0.1}
-    row = runs.retrain_one(config, 0, data.full_train_split(ds), tmp_path, "x")
-    assert calls == [len(ds.y_test)]  # no validation pass, one test pass
+    split = data.full_train_split(ds)
+    row = runs.retrain_one(config, 0, split, tmp_path, "x")
+    seen = min(engine.SEEN_SAMPLE, len(split.y_train))  # each epoch's accuracy so far, on training images
+    assert calls == [seen, seen, len(ds.y_test)]  # no validation pass, one test pass
     assert row["epochs"] == 2 and 0 <= row["accuracy"] <= 1
 
 
@@ -204,7 +206,7 @@ def test_a_runs_progress_lines_come_every_25_s_and_at_each_epoch_with_v(monkeypa
             for step in range(1, 11):
                 clock[0] += 6.0
                 progress.step(step, 10)
-            progress.epoch_done({"epoch": epoch, "train_loss": 4.5 / epoch})
+            progress.epoch_done({"epoch": epoch, "train_loss": 4.5 / epoch, "train_acc": 0.125 * epoch})
         return capsys.readouterr().out.splitlines()
 
     quiet = train(verbose=False)
@@ -212,8 +214,9 @@ def test_a_runs_progress_lines_come_every_25_s_and_at_each_epoch_with_v(monkeypa
     assert [line.split(", ")[-2] for line in quiet] == ["0m30s in", "1m00s in", "1m30s in", "2m00s in"]
     assert quiet[0] == "  airnet_s-softmax-x seed 0: epoch 1/2, step 5/10, 0m30s in, ~1m30s left"
     assert quiet[1] == "  airnet_s-softmax-x seed 0: epoch 1/2 done, 1m00s in, ~1m00s left"
-    assert quiet[2] == ("  airnet_s-softmax-x seed 0: epoch 2/2, step 5/10, epoch 1 train loss 4.500, 1m30s in, "
-                        "~0m30s left")  # the last finished epoch's training loss: a retrain has no validation
+    assert quiet[2] == ("  airnet_s-softmax-x seed 0: epoch 2/2, step 5/10, epoch 1 train loss 4.500 acc 0.125 "
+                        "(2000 training images), 1m30s in, ~0m30s left")  # a retrain has no validation split
     verbose = train(verbose=True)
     assert sum(" done, " in line for line in verbose) == 2
-    assert verbose[-1].endswith("epoch 2/2 done, epoch 1 train loss 4.500, 2m00s in, ~0m00s left")
+    assert verbose[-1].endswith("epoch 2/2 done, epoch 1 train loss 4.500 acc 0.125 (2000 training images), 2m00s "
+                                "in, ~0m00s left")

@@ -35,6 +35,22 @@ def test_every_epoch_reports_the_metrics(fake_dir):
         assert state["epoch"] == m["epoch"]
 
 
+def test_a_run_without_validation_scores_a_fixed_sample_of_its_training_images(fake_dir, monkeypatch):
+    # a retrain (train+val) has no validation split: its accuracy so far is read off SEEN_SAMPLE training
+    # images, in order and unaugmented; scoring them draws no randomness, so the training is unchanged
+    split = data.full_train_split(data.load_dataset("cifar100", fake_dir, download=False))
+    cfg = TrainConfig(arch="cnn_base", epochs=2, batch_size=64, device="cpu")
+    monkeypatch.setattr(engine, "SEEN_SAMPLE", 100)
+    result = engine.fit(cfg, split)
+    last = result.last
+    expected = engine.evaluate(result.trained, result.trained.loader(split.x_train[:100], split.y_train[:100]),
+                               tta=False)["acc"]
+    assert last["train_acc"] == expected and math.isnan(last["val_acc"])
+    monkeypatch.setattr(engine, "SEEN_SAMPLE", 10)
+    assert [h["train_loss"] for h in engine.fit(cfg, split).history] == [h["train_loss"] for h in result.history]
+    assert "train_acc" not in engine.fit(cfg, _split(fake_dir)).last  # with a validation split: val_acc alone
+
+
 @pytest.mark.parametrize("head", ["gumbel", "sampled", "hierarchical"])  # sampled, hierarchical: lazy row updates
 def test_resume_from_state_matches_an_uninterrupted_run(fake_dir, head):
     cfg = TrainConfig(arch="cnn_base", head=head, epochs=3, batch_size=64, device="cpu", grad_clip=1.0)

@@ -223,10 +223,14 @@ def test_a_stopped_study_lets_its_stage_stop_cleanly_and_says_how_it_goes_meanwh
     assert "progress: epoch" in out and out.strip().endswith("driver stopped")
 
 
-def test_last_line_is_the_logs_last_non_empty_line_shortened(tmp_path):
+def test_last_line_is_the_logs_last_non_empty_unindented_line_shortened(tmp_path):
     log = tmp_path / "x.log"
     log.write_text("a\n" * 10_000 + "b" * 500 + "\n\n")
     assert study.last_line(log) == "b" * 157 + "..."
+    log.write_text("0:31 status    1 running, 0 pending, 3/4 done\n               x/softmax  1 running  best 0.4\n")
+    assert study.last_line(log) == "0:31 status    1 running, 0 pending, 3/4 done"  # not its continuation
+    log.write_text("   only indented\n")
+    assert study.last_line(log) == "only indented"
     log.write_text("")
     assert study.last_line(log) == "(nothing logged yet)"
 

@@ -35,7 +35,12 @@ def test_the_benchmark_runs_every_cpu_variant_and_writes_its_table(tmp_path, cap
     assert (df["images_per_s"] > 0).all() and df.loc[0, "vs_recipe"] == pytest.approx(1.0)
     shares = df[[f"{p}_share" for p in bench.PHASES]].sum(axis=1)
     assert shares.to_numpy() == pytest.approx([1.0] * len(df))
-    assert ((df["mfu"] > 0) & (df["mfu"] < 1)).all()
+    # MFU against one measured rate per precision; not "< 1": the rate measured on a loaded machine can be
+    # lower than the steps' own (a speed fact, which belongs in a benchmark, not a test)
+    assert (df["mfu"] > 0).all()
+    rates = df["images_per_s"] * df["gflops_per_image"] * 1e9 / df["mfu"]
+    for _, same in rates.groupby(df["precision"]):
+        assert same.to_numpy() == pytest.approx([same.iloc[0]] * len(same), rel=1e-9)
     assert df["gflops_per_image"].nunique() == 1 and df.loc[0, "gflops_per_image"] > 0
 
 

@@ -278,10 +278,19 @@ def sync(device: torch.device) -> None:
 
 
 _NO_VAL = {"loss": float("nan"), "acc": float("nan"), "top5": float("nan")}
+SEEN_SAMPLE = 2000  # training images scored after each epoch of a run without a validation split (~1% of its time)
 
 
-def _epoch(run: _Run, val: DeviceLoader | None) -> dict:
-    """Train one epoch, validate, and return the epoch's metrics (with `diverged` and a reason if so)."""
+def seen_loader(trained: Trained, split: Split) -> DeviceLoader:
+    """A fixed sample of the training images, in order and unaugmented: a retrain (train+val, no validation
+    split) reports its accuracy so far on images it trains on (optimistic, but never the test set)."""
+    n = min(SEEN_SAMPLE, len(split.y_train))
+    return trained.loader(split.x_train[:n], split.y_train[:n])
+
+
+def _epoch(run: _Run, val: DeviceLoader | None, seen: DeviceLoader | None = None) -> dict:
+    """Train one epoch, validate, and return the epoch's metrics (with `diverged` and a reason if so);
+    without a validation split, `seen` scores the accuracy so far on training images (`train_acc`)."""
     sync(run.trained.device)
     start = time.perf_counter()
     train_loss = train_epoch(run)
@@ -294,6 +303,8 @@ def _epoch(run: _Run, val: DeviceLoader | None) -> dict:
                "val_top5": v["top5"], "epoch_time_s": seconds,
                "images_per_s": len(run.train_loader) * run.train_loader.batch_size / seconds,
                "lr": run.optimizer.param_groups[0]["lr"], "precision": run.trained.precision}
+    if seen is not None and math.isfinite(train_loss):
+        metrics["train_acc"] = evaluate(run.trained, seen, tta=False)["acc"]
     if not math.isfinite(train_loss) or (val is not None and not math.isfinite(v["loss"])):
         metrics.update(diverged=True, reason=f"non-finite loss at epoch {run.epoch} (train {train_loss}, "
                                              f"val {v['loss']})")
@@ -313,9 +324,10 @@ def fit(cfg: TrainConfig, split: Split, on_epoch: Callable[[dict, Callable[[], d
     if state is not None:
         load_state(run, state)
     val = run.trained.loader(split.x_val, split.y_val) if len(split.y_val) else None
+    seen = seen_loader(run.trained, split) if val is None else None
     result = FitResult(trained=run.trained)
     while run.epoch < cfg.epochs:
-        metrics = _epoch(run, val)
+        metrics = _epoch(run, val, seen)
         result.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, lambda: get_state(run))

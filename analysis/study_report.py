@@ -561,9 +561,12 @@ def pays_section(scale, pays: tuple[pd.DataFrame, pd.DataFrame], keep: Path, out
     specs = sorted((keep / "pays").glob("*/spec.json"))
     max_epochs = int(json.loads(specs[0].read_text()).get("max_epochs", 1)) if specs else 1
     return ["### The arms: the recipe alone, random search + ASHA, TPE + ASHA", "",
-            "One pair, every arm at the same search budget (trials, epochs, ASHA), each with its search seeds; "
-            "then each arm's best config over its seeds (validation) retrained and read once on the test set, "
-            "paired by seed with the recipe's." + ("" if len(searches) else " Not run yet: the tables are empty."),
+            "One pair. The two search arms at the same search budget (trials, epochs a trial, ASHA; the "
+            "trial-epochs each spent below), each with its search seeds; the recipe arm is its one trial, no "
+            "search. Each arm's best config over its seeds (by validation) is then retrained on all training "
+            "images and read once on the test set, paired by seed with the recipe's: a search ranks configs at "
+            "its own budget, so a gain on validation counts only where it holds on the test set at the "
+            "retrain's." + ("" if len(searches) else " Not run yet: the tables are empty."),
             "", pays_searches(searches, max_epochs).to_markdown(index=False, floatfmt=".4g"), "",
             *plot_pays(searches, out), pays_test(final).to_markdown(index=False, floatfmt=".4g"), ""]
 

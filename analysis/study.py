@@ -177,10 +177,11 @@ KEEP = "stages"  # results/study-<scale>/stages/: what finished stages left, com
 class Stages:
     """<keep>/stages.json: every stage that ended well (wall time, command, its log's last lines); those
     are not run again, on this machine or on a fresh clone of the committed results. Stage `part/step`
-    logs to <work>/logs/part-step.log."""
+    logs to <work>/logs/part-step.log; while it runs, a line every PROGRESS_S (`verbosity` 1: the log's last
+    line; 2: every line logged since; 0: none)."""
 
-    def __init__(self, work: Path, keep: Path):
-        self.path, self.logs = keep / "stages.json", work / "logs"
+    def __init__(self, work: Path, keep: Path, verbosity: int = 1):
+        self.path, self.logs, self.verbosity = keep / "stages.json", work / "logs", verbosity
         self.done: dict[str, dict] = read_json(self.path) if self.path.exists() else {}
 
     def run(self, key: str, argv: list[str]) -> bool:
@@ -191,10 +192,21 @@ class Stages:
         print(f"  {key}: {shlex.join(argv)}", flush=True)
         log = self.logs / f"{key.replace('/', '-')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        start = time.time()
+        start, read = time.time(), [log.stat().st_size if log.exists() else 0]  # a resumed stage: new lines only
+
+        def progress() -> None:
+            if self.verbosity == 1:
+                print(f"  {key}: {(time.time() - start) / 60:.1f} min, {last_line(log)}", flush=True)
+            elif self.verbosity > 1:
+                with log.open("rb") as f:
+                    f.seek(read[0])
+                    new = f.read()
+                read[0] += len(new)
+                for line in new.decode(errors="replace").splitlines():
+                    print(f"  {key}: {line}", flush=True)
+
         with log.open("a") as out:
-            rc = run_to_the_end(argv, out, lambda: print(f"  {key}: {(time.time() - start) / 60:.1f} min, "
-                                                         f"{last_line(log)}", flush=True))
+            rc = run_to_the_end(argv, out, progress)
         seconds = time.time() - start
         tail = log.read_text(errors="replace").splitlines()[-15:]
         if rc != 0:
@@ -307,11 +319,12 @@ def curve_jobs(kept: Path, budgets: tuple[int, ...]) -> Path:
     return path
 
 
-def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: Path | None = None) -> dict:
+def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: Path | None = None,
+              verbosity: int = 1) -> dict:
     """Every stage of every part (those done before are skipped); returns stages.json's content."""
     keep = keep or work / KEEP
     work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(work, keep)
+    stages = Stages(work, keep, verbosity)
     data = [] if scale.fake_data else ["--data-dir", data_dir]
     for part in scale.parts:
         exp, kept = work / part.name, keep / part.name
@@ -410,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="./experiments", help="where the experiments and logs go (not committed)")
     p.add_argument("--out", default="./results", help="where results/study-<scale>/ is written (committed)")
     p.add_argument("--seed", type=int, default=0, help="seeds every search's sampler")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="each stage's start and end only, no progress lines")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="every line the stage logs (every 30 s), not only its last one")
     p.add_argument("--report-only", action="store_true",
                    help="run no stage: write results/study-<scale>/ from the stages done so far (a partial report)")
     args = p.parse_args(argv)
@@ -429,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{name}: {scale.description}\nwork folder {work}; results into {out}", flush=True)
     start = time.time()
     try:
-        done = read_stages(out / KEEP) if args.report_only else run_study(scale, work, data_dir, args.seed, out / KEEP)
+        done = read_stages(out / KEEP) if args.report_only else run_study(scale, work, data_dir, args.seed, out / KEEP,
+                                                                            1 - args.quiet + args.verbose)
     except StageFailed as exc:
         print(f"error: {exc}\nrun the same command again to go on from there", file=sys.stderr)
         return 1

@@ -256,3 +256,26 @@ def test_the_search_pays_retrain_takes_each_arms_best_over_its_seeds_from_the_ke
         ("recipe-recipe00", 1), ("random-random10", 1), ("tpe-tpe00", 1)]
     assert chosen["jobs"][0]["config"] == {"arch": "cnn", "head": "softmax", "lr": 0.01, "model_widths": [8, 16]}
     assert chosen["fake_data"] is True and chosen["constants"] == {"epochs": 2}
+
+
+@pytest.mark.parametrize("verbosity, expected", [
+    (0, []),
+    (1, ["0.0 min, a", "0.0 min, c"]),  # the last unindented line at each beat
+    (2, ["a", "  b", "c"]),  # every line logged since the last beat, once
+])
+def test_a_stages_progress_lines_follow_q_and_v(tmp_path, monkeypatch, capsys, verbosity, expected):
+    def stage(argv, out, progress):  # a stage that logs, with two progress beats (no clock: deterministic)
+        out.write("a\n")
+        out.flush()
+        progress()
+        out.write("  b\nc\n")
+        out.flush()
+        progress()
+        return 0
+
+    monkeypatch.setattr(study, "run_to_the_end", stage)
+    assert study.Stages(tmp_path / "work", tmp_path / "keep", verbosity).run("x/y", ["true"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "  x/y: true" and lines[-1].startswith("  x/y: ") and lines[-1].endswith("s")
+    assert [line.removeprefix("  x/y: ") for line in lines[1:-1]] == expected
+    assert json.loads((tmp_path / "keep" / "stages.json").read_text())["x/y"]["log_tail"] == ["a", "  b", "c"]

@@ -110,7 +110,7 @@ class Progress:
     def epoch_done(self, metrics: dict, _state=None) -> None:
         acc = metrics.get("train_acc")
         self.scores = (f", epoch {metrics.get('epoch')} train loss {metrics.get('train_loss'):.3f}"
-                       + (f" acc {acc:.3f} ({engine.SEEN_SAMPLE} training images)" if acc is not None else ""))
+                       + (f" acc {acc:.3f} ({metrics.get('train_acc_images')} training images)" if acc is not None else ""))
 
     def step(self, step: int, steps: int) -> None:
         now = time.perf_counter()

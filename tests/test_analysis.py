@@ -206,7 +206,8 @@ def test_a_runs_progress_lines_come_every_25_s_and_at_each_epoch_with_v(monkeypa
             for step in range(1, 11):
                 clock[0] += 6.0
                 progress.step(step, 10)
-            progress.epoch_done({"epoch": epoch, "train_loss": 4.5 / epoch, "train_acc": 0.125 * epoch})
+            progress.epoch_done({"epoch": epoch, "train_loss": 4.5 / epoch, "train_acc": 0.125 * epoch,
+                                 "train_acc_images": 1500})
         return capsys.readouterr().out.splitlines()
 
     quiet = train(verbose=False)
@@ -215,8 +216,8 @@ def test_a_runs_progress_lines_come_every_25_s_and_at_each_epoch_with_v(monkeypa
     assert quiet[0] == "  airnet_s-softmax-x seed 0: epoch 1/2, step 5/10, 0m30s in, ~1m30s left"
     assert quiet[1] == "  airnet_s-softmax-x seed 0: epoch 1/2 done, 1m00s in, ~1m00s left"
     assert quiet[2] == ("  airnet_s-softmax-x seed 0: epoch 2/2, step 5/10, epoch 1 train loss 4.500 acc 0.125 "
-                        "(2000 training images), 1m30s in, ~0m30s left")  # a retrain has no validation split
+                        "(1500 training images), 1m30s in, ~0m30s left")  # a retrain has no validation split
     verbose = train(verbose=True)
     assert sum(" done, " in line for line in verbose) == 2
-    assert verbose[-1].endswith("epoch 2/2 done, epoch 1 train loss 4.500 acc 0.125 (2000 training images), 2m00s "
+    assert verbose[-1].endswith("epoch 2/2 done, epoch 1 train loss 4.500 acc 0.125 (1500 training images), 2m00s "
                                 "in, ~0m00s left")

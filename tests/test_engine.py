@@ -45,9 +45,11 @@ def test_a_run_without_validation_scores_a_fixed_sample_of_its_training_images(f
     last = result.last
     expected = engine.evaluate(result.trained, result.trained.loader(split.x_train[:100], split.y_train[:100]),
                                tta=False)["acc"]
-    assert last["train_acc"] == expected and math.isnan(last["val_acc"])
-    monkeypatch.setattr(engine, "SEEN_SAMPLE", 10)
-    assert [h["train_loss"] for h in engine.fit(cfg, split).history] == [h["train_loss"] for h in result.history]
+    assert last["train_acc"] == expected and last["train_acc_images"] == 100 and math.isnan(last["val_acc"])
+    monkeypatch.setattr(engine, "SEEN_SAMPLE", 10**9)  # more than the training set holds: all of it, said so
+    again = engine.fit(cfg, split)
+    assert again.last["train_acc_images"] == len(split.y_train)
+    assert [h["train_loss"] for h in again.history] == [h["train_loss"] for h in result.history]
     assert "train_acc" not in engine.fit(cfg, _split(fake_dir)).last  # with a validation split: val_acc alone
 
 

@@ -305,6 +305,7 @@ def _epoch(run: _Run, val: DeviceLoader | None, seen: DeviceLoader | None = None
                "lr": run.optimizer.param_groups[0]["lr"], "precision": run.trained.precision}
     if seen is not None and math.isfinite(train_loss):
         metrics["train_acc"] = evaluate(run.trained, seen, tta=False)["acc"]
+        metrics["train_acc_images"] = seen.num_images  # SEEN_SAMPLE, or fewer on a small training set
     if not math.isfinite(train_loss) or (val is not None and not math.isfinite(v["loss"])):
         metrics.update(diverged=True, reason=f"non-finite loss at epoch {run.epoch} (train {train_loss}, "
                                              f"val {v['loss']})")

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 import pyarrow.fs
 import ray
@@ -31,7 +32,7 @@ from tuning.callbacks import EndedTrialCheckpoints, StateManifest, remove_checkp
 from tuning.experiment import Experiment
 from tuning.optuna_pruned import PruningAwareOptunaSearch
 from tuning.pairs import PairedSearch, PerPairASHA, trial_dirname
-from tuning.folder import TRACKERS
+from tuning.folder import PARAMS_FILE, TRACKERS
 from tuning.live import live_runs
 from tuning.spec import first_trials, make_sampler, study_labels, trials_per_study
 from tuning.trainable import train_trial
@@ -211,8 +212,9 @@ def run(args: argparse.Namespace, space: Space, exp: Experiment, split: data.Spl
 
 def remove_ended_checkpoints(exp: Experiment, keep_best: bool) -> None:
     """Remove the checkpoint folders of every trial Ray's saved state records as ended (not errored: a resume
-    retries those from their checkpoint), keeping the best trial's last one per pair with --keep-best-weights.
-    The callback does this as trials end; this sweep bounds the disk after a driver was killed."""
+    retries those from their checkpoint), keeping the best trial's last one per pair with --keep-best-weights,
+    and those of trial folders the state does not list. The callback does this as trials end; this sweep
+    bounds the disk after a driver was killed."""
     if exp.is_uri:
         return
     exp.refresh()  # what the folder holds now, not a list read earlier
@@ -225,6 +227,16 @@ def remove_ended_checkpoints(exp: Experiment, keep_best: bool) -> None:
     fs = pyarrow.fs.LocalFileSystem()
     for row in ended.itertuples():
         remove_checkpoints(fs, row.path, keep_last=row.trial_id in kept)
+    for folder in unlisted_trial_folders(exp, trials):
+        remove_checkpoints(fs, str(folder))
+
+
+def unlisted_trial_folders(exp: Experiment, trials) -> list[Path]:
+    """Trial folders Ray's saved state does not list: started after its last save by a driver then killed.
+    Ray never resumes them (a new trial took their config over as the same Optuna trial), so their
+    checkpoints are dead weight; their metrics stay."""
+    listed = {Path(p).name for p in trials["path"]}
+    return sorted(p.parent for p in Path(exp.uri).glob(f"*/{PARAMS_FILE}") if p.parent.name not in listed)
 
 
 class _RayAuthNotice(logging.Filter):

@@ -39,9 +39,10 @@ study: install
 study-gpu: install
 	$(PY) -m analysis.study --scale gpu --data-dir $(DATA_DIR)
 
-# The full suite: what CI runs (a few minutes on 2 CPUs).
+# The full suite: what CI runs. Two test files at a time (pytest-xdist; a file's tests stay together, so a
+# module's fixture runs once): most of the slow tier waits on subprocess and Ray start-ups, not on the CPU.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The edit-test loop (93 s measured on 2 CPUs): no Ray start, no CLI subprocess, no real-data training.
 # HEADSWEEP_FAST_TIER makes a test that starts Ray anyway fail, so the tier stays fast.

@@ -388,9 +388,13 @@ def plot_curves(history: pd.DataFrame, curve: pd.DataFrame, final: pd.DataFrame,
     return md
 
 
+def _cores(n: float) -> str:
+    return f"{n:g} core" + ("" if n == 1 else "s")
+
+
 def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.DataFrame,
-           paid: pd.DataFrame, table: pd.DataFrame, budget: int | None) -> list[str]:
-    """The opening paragraph: the study's answers, with numbers."""
+           paid: pd.DataFrame, table: pd.DataFrame, budget: int | None, cores: dict[str, float]) -> list[str]:
+    """The opening paragraph: the study's answers, with numbers (`cores`: each part's CPUs per retrain run)."""
     ok, lines = finished(final), []
     for (part, arch), g in ok.groupby(["part", "arch"], sort=False):
         means = g.groupby("head")["accuracy"].agg(["mean", "std", "size"]).sort_values("mean", ascending=False)
@@ -404,7 +408,7 @@ def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.D
         n = int(means.loc[best, "size"])
         spread = f"std {means.loc[best, 'std']:.2%} over {n} seeds" if n > 1 else "1 seed: no spread, said so"
         text = (f"**{part}, {arch}**: best head {best}, {means.loc[best, 'mean']:.2%} test accuracy "
-                f"({spread}, ~{minutes:.0f} min a run on 1 core)")
+                f"({spread}, ~{minutes:.0f} min a run on {_cores(cores.get(part, 1))})")
         if "softmax" in means.index and best != "softmax":
             text += f"; softmax {means.loc['softmax', 'mean']:.2%}"
         text += (f"; better than softmax beyond the seed spread: {', '.join(better) or 'none'}; worse: "
@@ -480,7 +484,8 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
     budget = next((p.retrain_epochs for p in scale.parts if p.curve), None)
     pays = load_pays(scale, keep)
     md = [f"# headsweep study: {scale.name} scale", "",
-          "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budget),
+          "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budget,
+                                   {p.name: p.cpus_per_task or scale.cpus_per_task for p in scale.parts}),
           *pays_answer(scale, pays), "",
           f"{scale.description}", "", f"Made by `{command}`; `make study` reproduces the cpu scale.", "",
           "Data:", "", *[f"- {c}" for c in caveats], "",

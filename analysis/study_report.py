@@ -171,20 +171,21 @@ def asha_table(trials: pd.DataFrame, specs: dict) -> pd.DataFrame:
 
 
 def _here(sel: pd.DataFrame) -> tuple[float, str, str]:
-    """The best (arch, head) of a selection: its mean test accuracy, `mean +- std %`, and what ran."""
-    means = sel.groupby(["arch", "head"])["accuracy"].mean()
-    arch, head = means.idxmax()
-    g = sel[(sel["arch"] == arch) & (sel["head"] == head)]
-    minutes = g["epoch_time_s_mean"].mean() * g["epochs"].mean() / 60
+    """The best (arch, head, epochs) of a selection: its mean test accuracy, `mean +- std %`, and what ran."""
+    means = sel.groupby(["arch", "head", "epochs"])["accuracy"].mean()
+    arch, head, epochs = means.idxmax()
+    g = sel[(sel["arch"] == arch) & (sel["head"] == head) & (sel["epochs"] == epochs)]
+    minutes = g["epoch_time_s_mean"].mean() * epochs / 60
     seeds = f"{len(g)} seeds" if len(g) > 1 else "1 seed (said so)"
     return means.max(), f"{_pm(g['accuracy'] * 100, '.2f')}%", \
-        f"{arch} + {head}, {int(g['epochs'].mean())} epochs, {seeds}, {minutes:.0f} min a run"
+        f"{arch} + {head}, {int(epochs)} epochs, {seeds}, {minutes:.0f} min a run"
 
 
-def published_table(final: pd.DataFrame) -> pd.DataFrame:
+def published_table(final: pd.DataFrame, curve: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each figure the seed reports quote: theirs and budget, the same architecture here, and the best backbone
-    here with the same head; `beaten` when this study's mean is above their figure (the top of a range)."""
-    ok, rows = finished(final), []
+    here with the same head, each at its best budget (the retrain's, or a curve stage's longer one);
+    `beaten` when this study's mean is above their figure (the top of a range)."""
+    ok, rows = finished(pd.concat([final, curve]) if curve is not None and len(curve) else final), []
     for what, figure, budget, (dataset, arch, head) in PUBLISHED:
         theirs = f"{figure[0]:.2%} to {figure[1]:.2%}" if isinstance(figure, tuple) else f"{figure:.2%}"
         top = figure[1] if isinstance(figure, tuple) else figure
@@ -304,16 +305,22 @@ def plot_pays(searches: pd.DataFrame, out: Path) -> list[str]:
     return ["![search pays](figures/search_pays.png)", ""]
 
 
-def load_curve(scale, keep: Path, final: pd.DataFrame) -> pd.DataFrame:
-    """Softmax's best config at every budget: the curve stage's runs (seed 0) and the retrain's (every seed)."""
-    rows = []
-    for part in scale.parts:
-        path = keep / part.name / "curve" / "final.parquet"
-        if path.exists():
-            rows.append(pd.read_parquet(path).assign(part=part.name))
-            ok = finished(final)
-            rows.append(ok[(ok["part"] == part.name) & (ok["head"] == "softmax")])
+def curve_runs(scale, keep: Path) -> pd.DataFrame:
+    """The curve stages' runs: a part's softmax config at other budgets (seed 0)."""
+    rows = [pd.read_parquet(path).assign(part=part.name, dataset=part.dataset) for part in scale.parts
+            if (path := keep / part.name / "curve" / "final.parquet").exists()]
     return finished(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
+
+
+def load_curve(scale, runs: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
+    """Softmax's best config at every budget: the curve stage's `runs` (seed 0) and the retrain's (every seed)
+    of the same architectures."""
+    if runs.empty:
+        return runs
+    ok = finished(final)
+    same = ok[(ok["head"] == "softmax") & ok.set_index(["part", "arch"]).index.isin(
+        runs.set_index(["part", "arch"]).index)]
+    return pd.concat([runs, same], ignore_index=True)
 
 
 def curve_table(curve: pd.DataFrame) -> pd.DataFrame:
@@ -325,19 +332,25 @@ def curve_table(curve: pd.DataFrame) -> pd.DataFrame:
         minutes=lambda d: d["minutes"] * d["epochs"])
 
 
-def converged(table: pd.DataFrame, budget: int | None) -> list[str]:
-    """What the curve says of the retrain's budget: the gain of the longest budget over it, against the seed spread."""
+def converged(table: pd.DataFrame, budgets: dict[str, int]) -> list[str]:
+    """What the curve says of each part's retrain budget: the gain of the longest budget over it, against the
+    seed spread (none with one seed: said so)."""
     lines = []
     for (part, arch), t in table.groupby(["part", "arch"]) if len(table) else ():
-        t = t.set_index("epochs")
+        t, budget = t.set_index("epochs"), budgets.get(part)
         if budget not in t.index or t.index.max() <= budget:
             continue
         longest, spread = t.index.max(), t.loc[budget, "std"]
         gain = t.loc[longest, "test_accuracy"] - t.loc[budget, "test_accuracy"]
-        verdict = ("within the seed spread: converged for this schedule" if abs(gain) <= 2 * spread else
-                   "beyond the seed spread: not converged, the heads' ranking is at an undertrained budget")
-        lines.append(f"- {part}, {arch} + softmax: {longest} epochs against {budget}: {gain:+.2%} test accuracy "
-                     f"(seed std at {budget} epochs: {spread:.2%}), {verdict}; {longest} epochs cost "
+        if not np.isfinite(spread):
+            verdict = "one seed at each budget: no spread to judge it by"
+        elif abs(gain) <= 2 * spread:
+            verdict = "within the seed spread: converged for this schedule"
+        else:
+            verdict = "beyond the seed spread: not converged, the heads' ranking is at an undertrained budget"
+        lines.append(f"- {part}, {arch} + softmax: {longest} epochs against {budget}: {gain:+.2%} test accuracy"
+                     + (f" (seed std at {budget} epochs: {spread:.2%}), " if np.isfinite(spread) else ", ")
+                     + f"{verdict}; {longest} epochs cost "
                      f"{t.loc[longest, 'minutes'] / t.loc[budget, 'minutes']:.1f}x the time.")
     return lines
 
@@ -393,7 +406,7 @@ def _cores(n: float) -> str:
 
 
 def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.DataFrame,
-           paid: pd.DataFrame, table: pd.DataFrame, budget: int | None, cores: dict[str, float]) -> list[str]:
+           paid: pd.DataFrame, table: pd.DataFrame, budgets: dict[str, int], cores: dict[str, float]) -> list[str]:
     """The opening paragraph: the study's answers, with numbers (`cores`: each part's CPUs per retrain run)."""
     ok, lines = finished(final), []
     for (part, arch), g in ok.groupby(["part", "arch"], sort=False):
@@ -428,7 +441,7 @@ def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.D
                      f"beat the family recipe by {gain.median():+.2%} (median over {len(gain)} pairs, range "
                      f"{gain.min():+.2%} to {gain.max():+.2%}); the recipe itself won in "
                      f"{int(paid['best is the recipe'].sum())} of {len(paid)} pairs.")
-    lines += converged(table, budget)
+    lines += converged(table, budgets)
     return lines
 
 
@@ -479,12 +492,13 @@ def provenance(specs: dict) -> list[str]:
 def report_lines(scale, trials, history, final, specs, bench, done, command, out: Path, keep: Path) -> list[str]:
     caveats = sorted({data_caveat(s) for s in specs.values()})
     versus = versus_by_part(final)
-    published, paid = published_table(final), search_paid(trials)
-    curve = load_curve(scale, keep, final)
-    budget = next((p.retrain_epochs for p in scale.parts if p.curve), None)
+    runs = curve_runs(scale, keep)
+    published, paid = published_table(final, runs), search_paid(trials)
+    curve = load_curve(scale, runs, final)
+    budgets = {p.name: p.retrain_epochs for p in scale.parts if p.curve}
     pays = load_pays(scale, keep)
     md = [f"# headsweep study: {scale.name} scale", "",
-          "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budget,
+          "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budgets,
                                    {p.name: p.cpus_per_task or scale.cpus_per_task for p in scale.parts}),
           *pays_answer(scale, pays), "",
           f"{scale.description}", "", f"Made by `{command}`; `make study` reproduces the cpu scale.", "",
@@ -518,7 +532,7 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
            "every epoch: mean line, min-max band); softmax's best config retrained at several budgets, each its own "
            "run and schedule, evaluated once on the test set (seed 0 beside the retrain's seeds); and every "
            "retrained pair's test accuracy against its training time.", "",
-           _table(curve_table(curve)), "", *converged(curve_table(curve), budget), "",
+           _table(curve_table(curve)), "", *converged(curve_table(curve), budgets), "",
            *plot_curves(history, curve, final, out),
            "## Did the search pay?", "",
            "Each pair's search started from the family recipe (its first trial); the table sets the best trial "

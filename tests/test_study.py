@@ -279,3 +279,43 @@ def test_a_stages_progress_lines_follow_q_and_v(tmp_path, monkeypatch, capsys, v
     assert lines[0] == "  x/y: true" and lines[-1].startswith("  x/y: ") and lines[-1].endswith("s")
     assert [line.removeprefix("  x/y: ") for line in lines[1:-1]] == expected
     assert json.loads((tmp_path / "keep" / "stages.json").read_text())["x/y"]["log_tail"] == ["a", "  b", "c"]
+
+
+def test_the_curve_trains_the_named_archs_softmax_config_and_says_when_there_is_none(tmp_path):
+    """`curve_arch` picks whose softmax config the curve stage trains at other budgets (the longest first);
+    without it, the first retrained softmax config; a named arch with no softmax run stops the stage in one line."""
+    (tmp_path / "retrain").mkdir()
+    job = lambda arch, head: {"config": {"arch": arch, "head": head, "epochs": 50}, "seed": 0,  # noqa: E731
+                              "label": f"{arch}-{head}"}
+    (tmp_path / "retrain" / "chosen.json").write_text(json.dumps({"jobs": [
+        job("cnn_base", "softmax"), job("cnn_keras", "gumbel"), job("cnn_keras", "softmax")]}))
+    jobs = json.loads(study.curve_jobs(tmp_path, (80, 150), "cnn_keras").read_text())["jobs"]
+    assert [(j["label"], j["config"]["arch"], j["config"]["epochs"], j["seed"]) for j in jobs] == [
+        ("cnn_keras-softmax-e150", "cnn_keras", 150, 0), ("cnn_keras-softmax-e80", "cnn_keras", 80, 0)]
+    (tmp_path / "curve" / "chosen.json").unlink()
+    assert json.loads(study.curve_jobs(tmp_path, (5,)).read_text())["jobs"][0]["label"] == "cnn_base-softmax-e5"
+    (tmp_path / "curve" / "chosen.json").unlink()
+    with pytest.raises(study.StageFailed, match="the retrain has no softmax run of vit_cpu to train at other budgets"):
+        study.curve_jobs(tmp_path, (5,), "vit_cpu")
+
+
+def test_a_curve_runs_longer_budget_counts_for_the_seed_reports_and_one_seed_is_said(tmp_path):
+    """The seed reports' table takes each architecture at its best budget, a curve stage's run included, and
+    says which; the convergence line says when one seed leaves no spread to judge by."""
+    from analysis.study_report import converged, curve_table, load_curve, published_table
+
+    run = lambda arch, epochs, acc, seed=0: {"part": "cnns", "dataset": "cifar100", "arch": arch,  # noqa: E731
+                                             "head": "softmax", "seed": seed, "status": "completed",
+                                             "epochs": epochs, "accuracy": acc, "epoch_time_s_mean": 30.0}
+    final = pd.DataFrame([run("cnn_keras", 50, 0.5541), run("cnn_base", 50, 0.5952)])
+    longer = pd.DataFrame([run("cnn_keras", 150, 0.5700)])
+    keras = published_table(final, longer).set_index("reported elsewhere").loc["a 3-conv Keras CNN"]
+    assert keras["same architecture here"] == "57.00% (cnn_keras + softmax, 150 epochs, 1 seed (said so), 75 min a run)"
+    assert keras["beaten"] == "yes, by +0.98%"
+    assert published_table(final).set_index("reported elsewhere").loc["a 3-conv Keras CNN", "beaten"].startswith(
+        "no, -0.61% on its own")
+    table = curve_table(load_curve(None, longer, final))
+    assert list(table["arch"]) == ["cnn_keras", "cnn_keras"] and list(table["epochs"]) == [50, 150]
+    assert converged(table, {"cnns": 50}) == [
+        "- cnns, cnn_keras + softmax: 150 epochs against 50: +1.59% test accuracy, one seed at each budget: no spread "
+        "to judge it by; 150 epochs cost 3.0x the time."]

@@ -96,6 +96,9 @@ def test_the_live_page_has_every_trial_with_its_pair_status_and_curve(smoke_expe
         run = by_trial[t.trial_id]
         assert run.data.tags["pair"] == f"{t.arch}/{t.head}" and run.data.tags["status"] == t.status
         assert len(client.get_metric_history(run.info.run_id, "val_acc")) == t.epochs_run
+        # the trial's own metrics only (not Ray's bookkeeping nor `config/...`: the config is in the params)
+        assert set(run.data.metrics) <= {"epoch", "val_acc", "val_loss", "val_top5", "train_loss", "lr",
+                                         "epoch_time_s", "images_per_s"} and "val_acc" in run.data.metrics
     assert {r.data.tags["status"] for r in runs} >= {"completed", "pruned"}
     assert {r.data.params["head"] for r in runs} == set(heads.list_heads())
     # the UI's filters work on the tags

@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, SHOULD_CHECKPOINT, TRAINING_ITERATION
 
 from common.status import ERROR, RUNNING, trial_status
 from tuning.folder import mlflow_uri
+
+RAY_KEYS = {*AUTO_RESULT_KEYS, DONE, SHOULD_CHECKPOINT}
 
 
 class LiveRuns(MLflowLoggerCallback):
@@ -57,6 +60,14 @@ class LiveRuns(MLflowLoggerCallback):
         self._set_status(trial, RUNNING)
         if not self.log_params_on_trial_end:
             self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=trial.config)
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        # Ray's callback logs every number of the result: Ray's bookkeeping (pid, timestamp, done, ...) and
+        # the trial's config (`config/lr`, ...) too, 30 charts that bury val_acc in the UI's chart view. The
+        # trial's own metrics only, one point per epoch; the config is in the params.
+        metrics = {k: v for k, v in result.items() if k not in RAY_KEYS}
+        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics,
+                                     step=result[TRAINING_ITERATION])
 
     def log_trial_end(self, trial, failed: bool = False):
         super().log_trial_end(trial, failed)

@@ -164,3 +164,25 @@ def test_the_live_page_in_a_browser_shows_every_trial_and_filters_the_pruned(smo
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_the_live_page_gets_the_trials_own_numbers_only():
+    """Ray's bookkeeping, the config and strings that parse as numbers (a trial id of digits, which Ray's
+    callback would chart) stay off the live page; numpy numbers go on, at the trial's epoch as the step."""
+    import numpy as np
+
+    from tuning.live import LiveRuns
+
+    logged = []
+
+    class Store:
+        def log_metrics(self, run_id, metrics_to_log, step):
+            logged.append((run_id, metrics_to_log, step))
+
+    live = LiveRuns("sqlite:///unused.db", "x", max_epochs=4)
+    live.mlflow_util, live._trial_runs = Store(), {"trial": "run-1"}
+    live.log_trial_result(3, "trial", {"val_acc": np.float32(0.5), "epoch": 3, "lr": 0.01, "trial_id": "12345678",
+                                       "training_iteration": 3, "time_total_s": 9.0, "pid": 7, "done": False,
+                                       "should_checkpoint": True, "config": {"lr": 0.01}, "hostname": "vm",
+                                       "diverged": False})
+    assert logged == [("run-1", {"val_acc": np.float32(0.5), "epoch": 3, "lr": 0.01}, 3)]

@@ -11,6 +11,7 @@ the experiment folder unless MLFLOW_TRACKING_URI says otherwise, outlives the se
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -63,9 +64,11 @@ class LiveRuns(MLflowLoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict):
         # Ray's callback logs every number of the result: Ray's bookkeeping (pid, timestamp, done, ...) and
-        # the trial's config (`config/lr`, ...) too, 30 charts that bury val_acc in the UI's chart view. The
-        # trial's own metrics only, one point per epoch; the config is in the params.
-        metrics = {k: v for k, v in result.items() if k not in RAY_KEYS}
+        # the trial's config (`config/lr`, ...) too, 30 charts that bury val_acc in the UI's chart view, and
+        # any string that parses as a number (a trial id of digits). The trial's own numbers only, one point
+        # per epoch; the config is in the params.
+        metrics = {k: v for k, v in result.items()
+                   if k not in RAY_KEYS and isinstance(v, numbers.Real) and not isinstance(v, bool)}
         self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics,
                                      step=result[TRAINING_ITERATION])
 

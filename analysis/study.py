@@ -121,11 +121,11 @@ def _airnet_search(*extra: str) -> tuple[str, ...]:
 SCALES = {s.name: s for s in (
     Scale("cpu", "CIFAR-100: airnet_s (the fast backbone) x every head (8 trials per pair, then 3 seeds of each "
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
-                 "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs; "
-                 "cnn_vgg, 15 epochs; searched here, one seed each); vit_cpu x every head from scratch (one "
-                 "seed, 10 epochs); whether the search pays (airnet_s + softmax: "
-                 "the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it again after "
-                 "a stop.",
+                 "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs, "
+                 "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs; searched here, one seed each); "
+                 "vit_cpu x every head from scratch (one seed, 10 epochs); whether the search pays (airnet_s + "
+                 "softmax: the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it "
+                 "again after a stop.",
           (Part("cifar100", _airnet_search("--num-samples", "40"), retrain_epochs=10, curve=(5, 20)),
            # the seed report's Fashion-MNIST CNN (91.84%) on its own data: airnet_s + softmax, 8 trials
            Part("fashion_mnist", _airnet_search("--dataset", "fashion_mnist", "--set", "head=softmax",

@@ -342,6 +342,7 @@ def converged(table: pd.DataFrame, budgets: dict[str, int]) -> list[str]:
             continue
         longest, spread = t.index.max(), t.loc[budget, "std"]
         gain = t.loc[longest, "test_accuracy"] - t.loc[budget, "test_accuracy"]
+        long_min, short_min = t.loc[longest, "minutes"], t.loc[budget, "minutes"]
         if not np.isfinite(spread):
             verdict = "one seed at each budget: no spread to judge it by"
         elif abs(gain) <= 2 * spread:
@@ -350,8 +351,8 @@ def converged(table: pd.DataFrame, budgets: dict[str, int]) -> list[str]:
             verdict = "beyond the seed spread: not converged, the heads' ranking is at an undertrained budget"
         lines.append(f"- {part}, {arch} + softmax: {longest} epochs against {budget}: {gain:+.2%} test accuracy"
                      + (f" (seed std at {budget} epochs: {spread:.2%}), " if np.isfinite(spread) else ", ")
-                     + f"{verdict}; {longest} epochs cost "
-                     f"{t.loc[longest, 'minutes'] / t.loc[budget, 'minutes']:.1f}x the time.")
+                     + f"{verdict}; {longest} epochs took {long_min:.0f} min a run against {short_min:.0f} as "
+                     f"measured ({long_min / short_min:.1f}x; each run's minutes include whatever shared its cores).")
     return lines
 
 

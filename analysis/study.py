@@ -2,7 +2,8 @@
 
 One command per scale runs, for each part of the study (CIFAR-100 backbones x every head; a
 Fashion-MNIST check), the search (fixed seed, per-pair budgets) -> `analysis.retrain` (3 seeds,
-each model evaluated once on the test set) -> the budget curve (softmax's best at other epochs) ->
+each model evaluated once on the test set) -> the budget curve (softmax's best at other epochs) -> the
+borrowed runs (a head trained with softmax's searched config, as the seed reports did) ->
 `analysis.report`, then `tools.heads_bench` for the heads' measured cost at large C, and writes
 `results/study-<scale>/`: `report.md` with its figures,
 `trials.parquet`, `history.parquet`, `final.parquet`, `spec.json` (the scale, each part's experiment spec and the
@@ -20,7 +21,8 @@ Scales:
   8 epochs, ASHA; then 3 seeds of each pair's best at 10 epochs on all 50,000), softmax's best
   at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST; the seed
   reports' own CNNs searched here and trained at their budgets (cnn_base and cnn_keras with softmax
-  and Gumbel at 50 epochs, cnn_vgg at 15; one seed each); a ViT sized for this CPU (vit_cpu) x every
+  and Gumbel at 50 epochs, cnn_vgg at 15; one seed each; cnn_base + Gumbel also with softmax's config,
+  two seeds); a ViT sized for this CPU (vit_cpu) x every
   head from scratch, one seed at 10 epochs; and whether the search pays (`Pays`:
   airnet_s + softmax searched by the recipe alone, random search + ASHA and TPE + ASHA at the same
   budget, two search seeds, each arm's best retrained with 3 seeds);
@@ -61,6 +63,9 @@ class Part:
     # accuracy-vs-epochs curve that says whether that budget has converged
     curve: tuple[int, ...] = ()
     curve_arch: str | None = None  # whose softmax config the curve trains (default: the first retrained)
+    # (arch, head) -> seeds: the head trained with that arch's searched softmax config at the retrain's budget,
+    # the seed reports' protocol (one config for both heads), beside the head's own searched config
+    borrow: dict = field(default_factory=dict)
     cpus_per_task: float | None = None  # the retrain's CPUs per run (default: the scale's)
 
     @property
@@ -122,7 +127,8 @@ SCALES = {s.name: s for s in (
     Scale("cpu", "CIFAR-100: airnet_s (the fast backbone) x every head (8 trials per pair, then 3 seeds of each "
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
                  "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs, "
-                 "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs; searched here, one seed each); "
+                 "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs; searched here, one seed each; "
+                 "cnn_base + Gumbel also with cnn_base + softmax's config, two seeds); "
                  "vit_cpu x every head from scratch (one seed, 10 epochs); whether the search pays (airnet_s + "
                  "softmax: the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it "
                  "again after a stop.",
@@ -136,7 +142,10 @@ SCALES = {s.name: s for s in (
            # ~22 s an epoch on a core, both runs at once ~1 h)
            Part("cifar100_cnns", _cnn_search("--set", "arch=[cnn_base,cnn_keras]", "--set", "head=[softmax,gumbel]",
                                              "--set", "epochs=8", "--num-samples", "32"), seeds=1, retrain_epochs=50,
-                curve=(80, 150), curve_arch="cnn_keras"),
+                curve=(80, 150), curve_arch="cnn_keras",
+                # Gumbel as the seed report trained it, with the softmax run's config (59.50% against 57.09%;
+                # its own searched config reached 54.46% here): two seeds, one core each, both at once
+                borrow={("cnn_base", "gumbel"): 2}),
            # the VGG-like CNN (61% after 8 hours on a CPU): ~220 s an epoch on one core, so 6 trials of 5
            # epochs, then one seed at 15 epochs on both cores (~35 min)
            Part("cifar100_vgg", _cnn_search("--set", "arch=cnn_vgg", "--set", "head=softmax", "--set", "epochs=5",
@@ -163,7 +172,7 @@ SCALES = {s.name: s for s in (
           cpus_per_task=4.0, targets={("cifar100", "resnet18"): 0.75, ("fashion_mnist", None): 0.93}),
     Scale("tiny", "the smoke space on generated data: checks the pipeline, not the models.",
           (Part("cifar100", ("--space", "smoke", "--set", "epochs=2", "--num-samples", "5", "--set", "grace_period=1"),
-                curve=(1, 3)),
+                curve=(1, 3), borrow={("cnn", "gumbel"): 1}),
            Part("fashion_mnist", ("--space", "smoke", "--dataset", "fashion_mnist", "--set", "head=softmax",
                                   "--set", "epochs=2", "--num-samples", "1", "--set", "grace_period=1"))),
           ("--classes", "100,1000", "--dim", "32", "--batch", "16", "--repeats", "1", "--min-time", "0.01"),
@@ -325,6 +334,29 @@ def curve_jobs(kept: Path, budgets: tuple[int, ...], arch: str | None = None) ->
     return path
 
 
+def borrow_jobs(kept: Path, borrow: dict, epochs: int | None) -> Path:
+    """<kept>/borrowed/chosen.json: each (arch, head) of `borrow` with the arch's retrained softmax config,
+    `epochs` (default: the config's), seeds 0..n-1."""
+    path = kept / "borrowed" / "chosen.json"
+    if not path.exists():
+        chosen, jobs = read_json(kept / "retrain" / "chosen.json"), []
+        for (arch, head), seeds in borrow.items():
+            job = next((j for j in chosen["jobs"] if j["config"]["head"] == "softmax" and j["seed"] == 0
+                        and j["config"]["arch"] == arch), None)
+            if job is None:
+                raise StageFailed(f"{kept.name}/borrowed: the retrain has no softmax run of {arch} whose config "
+                                  f"{head} could take")
+            # softmax's optimiser, schedule and regularisers; the head's own options at their defaults
+            config = {k: v for k, v in job["config"].items() if not k.startswith("head_")}
+            config.update(head=head, **({"epochs": epochs} if epochs else {}))
+            label = job["label"].replace("-softmax-", f"-{head}-with-softmax-")
+            jobs += [{"config": config, "seed": s, "label": label} for s in range(seeds)]
+        chosen["jobs"] = jobs
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(chosen, indent=1))
+    return path
+
+
 def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: Path | None = None,
               verbosity: int = 1) -> dict:
     """Every stage of every part (those done before are skipped); returns stages.json's content."""
@@ -344,6 +376,10 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
         if part.curve:
             stages.run(f"{part.name}/curve", module("analysis.retrain", str(curve_jobs(kept, part.curve, part.curve_arch)), "-q",
                                                    "--cpus-per-task", cpus, *data))
+        if part.borrow:
+            stages.run(f"{part.name}/borrowed", module(
+                "analysis.retrain", str(borrow_jobs(kept, part.borrow, part.retrain_epochs)), "-q",
+                "--out", str(kept / "borrowed"), "--cpus-per-task", cpus, *data))
         if not (exp / "spec.json").exists():
             print(f"  {part.name}/report: skipped, its search's experiment is not on this machine (the study's "
                   "report is made from the committed stages alone)", flush=True)

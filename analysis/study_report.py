@@ -171,21 +171,25 @@ def asha_table(trials: pd.DataFrame, specs: dict) -> pd.DataFrame:
 
 
 def _here(sel: pd.DataFrame) -> tuple[float, str, str]:
-    """The best (arch, head, epochs) of a selection: its mean test accuracy, `mean +- std %`, and what ran."""
-    means = sel.groupby(["arch", "head", "epochs"])["accuracy"].mean()
-    arch, head, epochs = means.idxmax()
-    g = sel[(sel["arch"] == arch) & (sel["head"] == head) & (sel["epochs"] == epochs)]
+    """The best (arch, head, config, epochs) of a selection: its mean test accuracy, `mean +- std %`, and what
+    ran (`config_of`: whose searched config a run trained, its own head's unless a borrowed stage's)."""
+    sel = sel.assign(config_of=sel["config_of"].fillna(sel["head"]) if "config_of" in sel else sel["head"])
+    means = sel.groupby(["arch", "head", "config_of", "epochs"])["accuracy"].mean()
+    arch, head, config_of, epochs = means.idxmax()
+    g = sel[(sel["arch"] == arch) & (sel["head"] == head) & (sel["config_of"] == config_of) & (sel["epochs"] == epochs)]
     minutes = g["epoch_time_s_mean"].mean() * epochs / 60
     seeds = f"{len(g)} seeds" if len(g) > 1 else "1 seed (said so)"
+    whose = f" with {config_of}'s config" if config_of != head else ""
     return means.max(), f"{_pm(g['accuracy'] * 100, '.2f')}%", \
-        f"{arch} + {head}, {int(epochs)} epochs, {seeds}, {minutes:.0f} min a run"
+        f"{arch} + {head}{whose}, {int(epochs)} epochs, {seeds}, {minutes:.0f} min a run"
 
 
-def published_table(final: pd.DataFrame, curve: pd.DataFrame | None = None) -> pd.DataFrame:
+def published_table(final: pd.DataFrame, *more: pd.DataFrame) -> pd.DataFrame:
     """Each figure the seed reports quote: theirs and budget, the same architecture here, and the best backbone
-    here with the same head, each at its best budget (the retrain's, or a curve stage's longer one);
-    `beaten` when this study's mean is above their figure (the top of a range)."""
-    ok, rows = finished(pd.concat([final, curve]) if curve is not None and len(curve) else final), []
+    here with the same head, each at its best budget and config (the retrain's, or the `more` runs of a curve
+    stage's longer budget or a borrowed stage's config); `beaten` when this study's mean is above their figure
+    (the top of a range)."""
+    ok, rows = finished(pd.concat([final, *[m for m in more if len(m)]], ignore_index=True)), []
     for what, figure, budget, (dataset, arch, head) in PUBLISHED:
         theirs = f"{figure[0]:.2%} to {figure[1]:.2%}" if isinstance(figure, tuple) else f"{figure:.2%}"
         top = figure[1] if isinstance(figure, tuple) else figure
@@ -305,11 +309,13 @@ def plot_pays(searches: pd.DataFrame, out: Path) -> list[str]:
     return ["![search pays](figures/search_pays.png)", ""]
 
 
-def curve_runs(scale, keep: Path) -> pd.DataFrame:
-    """The curve stages' runs: a part's softmax config at other budgets (seed 0)."""
+def stage_runs(scale, keep: Path, stage: str) -> pd.DataFrame:
+    """The runs a part's `curve` stage (softmax's config at other budgets, seed 0) or `borrowed` stage (a head
+    with softmax's config, column config_of) left."""
     rows = [pd.read_parquet(path).assign(part=part.name, dataset=part.dataset) for part in scale.parts
-            if (path := keep / part.name / "curve" / "final.parquet").exists()]
-    return finished(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
+            if (path := keep / part.name / stage / "final.parquet").exists()]
+    runs = finished(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
+    return runs.assign(config_of="softmax") if stage == "borrowed" and len(runs) else runs
 
 
 def load_curve(scale, runs: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
@@ -446,6 +452,26 @@ def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.D
     return lines
 
 
+def borrowed_table(final: pd.DataFrame, borrowed: pd.DataFrame) -> pd.DataFrame:
+    """Each borrowed (part, arch, head): softmax with its searched config, the head with its own, and the head
+    with softmax's (the seed reports trained both heads with one config); test accuracy over seeds."""
+    ok, rows = finished(final), []
+    for (part, arch, head), mine in borrowed.groupby(["part", "arch", "head"], sort=False) if len(borrowed) else ():
+        same = ok[(ok["part"] == part) & (ok["arch"] == arch)]
+        softmax = same[same["head"] == "softmax"]
+        for name, config, g in (("softmax", "its own searched", softmax),
+                                (head, "its own searched", same[same["head"] == head]),
+                                (head, "softmax's searched", mine)):
+            rows.append({"part": part, "arch": arch, "head": name, "config": config,
+                         "epochs": int(g["epochs"].max()), "seeds": len(g),
+                         "test accuracy": f"{_pm(g['accuracy'] * 100, '.2f')}%",
+                         "minutes a run": round(float(g["epoch_time_s_mean"].mean() * g["epochs"].mean() / 60)),
+                         "minus softmax": "" if name == "softmax" else
+                         f"{g['accuracy'].mean() - softmax['accuracy'].mean():+.2%}"})
+    return pd.DataFrame(rows, columns=["part", "arch", "head", "config", "epochs", "seeds", "test accuracy",
+                                       "minutes a run", "minus softmax"])
+
+
 def trailing(versus: dict[str, pd.DataFrame]) -> list[str]:
     """Each head worse than softmax beyond the seed spread, by how much, and the likely reason."""
     lines = []
@@ -493,8 +519,8 @@ def provenance(specs: dict) -> list[str]:
 def report_lines(scale, trials, history, final, specs, bench, done, command, out: Path, keep: Path) -> list[str]:
     caveats = sorted({data_caveat(s) for s in specs.values()})
     versus = versus_by_part(final)
-    runs = curve_runs(scale, keep)
-    published, paid = published_table(final, runs), search_paid(trials)
+    runs, borrowed = stage_runs(scale, keep, "curve"), stage_runs(scale, keep, "borrowed")
+    published, paid = published_table(final, runs, borrowed), search_paid(trials)
     curve = load_curve(scale, runs, final)
     budgets = {p.name: p.retrain_epochs for p in scale.parts if p.curve}
     pays = load_pays(scale, keep)
@@ -511,6 +537,11 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
           "are macro averages.", "", _table(headline(final, versus)), "",
           "## Targets", "", _table(targets(scale, final)), "",
           "## Heads that trail softmax", "", *trailing(versus), "",
+          "## One config for both heads", "",
+          "The seed reports trained Gumbel-softmax with their softmax run's config; here each head's search picks "
+          "its own. The head trained with its backbone's searched softmax config (its own options at their "
+          "defaults) beside both searched configs; `minus softmax` is not paired (softmax has its own seeds).", "",
+          _table(borrowed_table(final, borrowed)), "",
           "## Cost: epoch time and the head's share", "",
           "Epoch time is the mean over the retrain's epochs (train+val, with the validation pass); the head's share "
           "is the share of a training step's forward + backward spent in the head, measured side by side on the "

@@ -36,7 +36,8 @@ def test_tiny_study_writes_every_result(tiny):
     assert len(final) == 6 * 3 and set(final.seed) == {0, 1, 2} and (final.status != "error").all()
     assert len(pd.read_parquet(out / "history.parquet")) == 6 * 2  # 2 epochs, no trial stopped early
     spec = json.loads((out / "spec.json").read_text())
-    assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/curve", "cifar100/report",
+    assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/curve", "cifar100/borrowed",
+                                    "cifar100/report",
                                     "fashion_mnist/search",
                                     "fashion_mnist/retrain", "fashion_mnist/report", "pays/recipe-s0/search",
                                     "pays/random-s0/search", "pays/tpe-s0/search", "pays/retrain", "heads_bench"]
@@ -56,6 +57,9 @@ def test_tiny_study_writes_every_result(tiny):
     assert list(json.loads((out / "stages" / "stages.json").read_text())) == list(spec["stages"])
     curve = pd.read_parquet(out / "stages" / "cifar100" / "curve" / "final.parquet")  # softmax at other budgets
     assert sorted(curve["epochs"]) == [1, 3] and set(curve["head"]) == {"softmax"} and set(curve["seed"]) == {0}
+    borrowed = pd.read_parquet(out / "stages" / "cifar100" / "borrowed" / "final.parquet")  # gumbel, softmax's config
+    assert list(borrowed["head"]) == ["gumbel"] and borrowed["label"][0].startswith("cnn-gumbel-with-softmax-")
+    assert "| cifar100 | cnn    | gumbel  | softmax's searched |" in text
     assert "figures/budget.png" in _figures(text) and "figures/accuracy_vs_cost.png" in _figures(text)
     answer = text.split("## Answer")[1].split("##")[0]  # the opening answers with numbers
     assert "best head" in answer and "%" in answer and "Did the search pay?" in answer
@@ -92,8 +96,9 @@ def test_rerun_skips_finished_stages(tiny, capsys):
     capsys.readouterr()
     assert study.main(["--scale", "tiny", "--work", str(root / "work"), "--out", str(root / "results")]) == 0
     out = capsys.readouterr().out
-    # 2 parts x (search, retrain, report), the curve, the 3 arms' searches and their retrain, the bench
-    assert out.count("skipped") == 12 and "wrote" in out
+    # 2 parts x (search, retrain, report), the curve, the borrowed runs, the 3 arms' searches and their
+    # retrain, the bench
+    assert out.count("skipped") == 13 and "wrote" in out
 
 
 @pytest.mark.slow
@@ -320,3 +325,43 @@ def test_a_curve_runs_longer_budget_counts_for_the_seed_reports_and_one_seed_is_
         "- cnns, cnn_keras + softmax: 150 epochs against 50: +1.59% test accuracy, one seed at each budget: no spread "
         "to judge it by; 150 epochs took 75 min a run against 25 as measured (3.0x; each run's minutes include "
         "whatever shared its cores)."]
+
+
+def test_a_borrowed_stage_trains_the_head_with_the_archs_softmax_config_and_says_when_there_is_none(tmp_path):
+    """`borrow` trains a head with its arch's retrained softmax config (its own options dropped: their defaults)
+    at the retrain's budget, once per seed; an arch with no softmax run stops the stage in one line."""
+    (tmp_path / "retrain").mkdir()
+    softmax = {"arch": "cnn_base", "head": "softmax", "lr": 0.004, "weight_decay": 0.09, "epochs": 8}
+    (tmp_path / "retrain" / "chosen.json").write_text(json.dumps({"jobs": [
+        {"config": {"arch": "cnn_base", "head": "gumbel", "head_tau": 3.0, "lr": 0.002, "epochs": 8}, "seed": 0,
+         "label": "cnn_base-gumbel-b"},
+        {"config": softmax, "seed": 0, "label": "cnn_base-softmax-a"}]}))
+    jobs = json.loads(study.borrow_jobs(tmp_path, {("cnn_base", "gumbel"): 2}, 50).read_text())["jobs"]
+    assert jobs == [{"config": {**softmax, "head": "gumbel", "epochs": 50}, "seed": s,
+                     "label": "cnn_base-gumbel-with-softmax-a"} for s in (0, 1)]
+    (tmp_path / "borrowed" / "chosen.json").unlink()
+    with pytest.raises(study.StageFailed, match="the retrain has no softmax run of cnn_keras whose config gumbel"):
+        study.borrow_jobs(tmp_path, {("cnn_keras", "gumbel"): 1}, 50)
+
+
+def test_a_borrowed_config_counts_for_the_seed_reports_and_is_set_beside_both_searched_ones(tmp_path):
+    """The seed reports' table may take a head trained with softmax's config, and says so; the borrowed table
+    sets it beside softmax and the head's own searched config."""
+    from analysis.study_report import borrowed_table, published_table
+
+    run = lambda head, acc, seed=0: {"part": "cnns", "dataset": "cifar100", "arch": "cnn_base",  # noqa: E731
+                                     "head": head, "seed": seed, "status": "completed", "epochs": 50,
+                                     "accuracy": acc, "epoch_time_s_mean": 60.0}
+    final = pd.DataFrame([run("softmax", 0.5952), run("gumbel", 0.5446)])
+    borrowed = pd.DataFrame([run("gumbel", 0.5980), run("gumbel", 0.5960, 1)]).assign(config_of="softmax")
+    row = published_table(final, borrowed).set_index("reported elsewhere").loc["the same CNN with Gumbel-softmax"]
+    assert row["same architecture here"] == ("59.70 +- 0.14% (cnn_base + gumbel with softmax's config, 50 epochs, "
+                                             "2 seeds, 50 min a run)")
+    assert row["beaten"] == "yes, by +0.20%"
+    assert published_table(final).set_index("reported elsewhere").loc[
+        "the same CNN with Gumbel-softmax", "beaten"] == "no, -5.04%"  # its own searched config alone
+    table = borrowed_table(final, borrowed)
+    assert table[["head", "config", "seeds", "test accuracy", "minus softmax"]].values.tolist() == [
+        ["softmax", "its own searched", 1, "59.52%", ""], ["gumbel", "its own searched", 1, "54.46%", "-5.06%"],
+        ["gumbel", "softmax's searched", 2, "59.70 +- 0.14%", "+0.18%"]]
+    assert borrowed_table(final, pd.DataFrame()).empty

@@ -22,7 +22,7 @@ Scales:
   at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST; the seed
   reports' own CNNs searched here and trained at their budgets (cnn_base and cnn_keras with softmax
   and Gumbel at 50 epochs, cnn_vgg at 15; one seed each; cnn_base + Gumbel also with softmax's config,
-  two seeds); a ViT sized for this CPU (vit_cpu) x every
+  three seeds); a ViT sized for this CPU (vit_cpu) x every
   head from scratch, one seed at 10 epochs; and whether the search pays (`Pays`:
   airnet_s + softmax searched by the recipe alone, random search + ASHA and TPE + ASHA at the same
   budget, two search seeds, each arm's best retrained with 3 seeds);
@@ -128,7 +128,7 @@ SCALES = {s.name: s for s in (
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
                  "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs, "
                  "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs; searched here, one seed each; "
-                 "cnn_base + Gumbel also with cnn_base + softmax's config, two seeds); "
+                 "cnn_base + Gumbel also with cnn_base + softmax's config, three seeds); "
                  "vit_cpu x every head from scratch (one seed, 10 epochs); whether the search pays (airnet_s + "
                  "softmax: the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it "
                  "again after a stop.",
@@ -144,8 +144,8 @@ SCALES = {s.name: s for s in (
                                              "--set", "epochs=8", "--num-samples", "32"), seeds=1, retrain_epochs=50,
                 curve=(80, 150), curve_arch="cnn_keras",
                 # Gumbel as the seed report trained it, with the softmax run's config (59.50% against 57.09%;
-                # its own searched config reached 54.46% here): two seeds, one core each, both at once
-                borrow={("cnn_base", "gumbel"): 2}),
+                # its own searched config reached 54.46% here): 3 seeds (~25 min a run on one core, ~15 on two)
+                borrow={("cnn_base", "gumbel"): 3}),
            # the VGG-like CNN (61% after 8 hours on a CPU): ~220 s an epoch on one core, so 6 trials of 5
            # epochs, then one seed at 15 epochs on both cores (~35 min)
            Part("cifar100_vgg", _cnn_search("--set", "arch=cnn_vgg", "--set", "head=softmax", "--set", "epochs=5",

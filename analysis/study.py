@@ -316,17 +316,23 @@ def run_search(stages: Stages, key: str, exp: Path, kept: Path, seed: int, data:
         publish_search(exp, kept)
 
 
+def _softmax_job(chosen: dict, stage: str, arch: str | None, purpose: str) -> dict:
+    """The retrain's softmax run (seed 0) of `arch` (None: the first) that `stage` trains again; none stops
+    the stage in one line."""
+    job = next((j for j in chosen["jobs"] if j["config"]["head"] == "softmax" and j["seed"] == 0
+                and arch in (None, j["config"]["arch"])), None)
+    if job is None:
+        raise StageFailed(f"{stage}: the retrain has no softmax run{f' of {arch}' if arch else ''} {purpose}")
+    return job
+
+
 def curve_jobs(kept: Path, budgets: tuple[int, ...], arch: str | None = None) -> Path:
     """<kept>/curve/chosen.json: the softmax pair's retrained config (`arch`'s, or the first), seed 0, once
     per budget (epochs)."""
     path = kept / "curve" / "chosen.json"
     if not path.exists():
         chosen = read_json(kept / "retrain" / "chosen.json")
-        job = next((j for j in chosen["jobs"] if j["config"]["head"] == "softmax" and j["seed"] == 0
-                    and arch in (None, j["config"]["arch"])), None)
-        if job is None:
-            raise StageFailed(f"{kept.name}/curve: the retrain has no softmax run{f' of {arch}' if arch else ''} "
-                              "to train at other budgets")
+        job = _softmax_job(chosen, f"{kept.name}/curve", arch, "to train at other budgets")
         chosen["jobs"] = [{"config": {**job["config"], "epochs": e}, "seed": 0, "label": f"{job['label']}-e{e}"}
                           for e in sorted(budgets, reverse=True)]  # the longest first: two at once end together
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,11 +347,7 @@ def borrow_jobs(kept: Path, borrow: dict, epochs: int | None) -> Path:
     if not path.exists():
         chosen, jobs = read_json(kept / "retrain" / "chosen.json"), []
         for (arch, head), seeds in borrow.items():
-            job = next((j for j in chosen["jobs"] if j["config"]["head"] == "softmax" and j["seed"] == 0
-                        and j["config"]["arch"] == arch), None)
-            if job is None:
-                raise StageFailed(f"{kept.name}/borrowed: the retrain has no softmax run of {arch} whose config "
-                                  f"{head} could take")
+            job = _softmax_job(chosen, f"{kept.name}/borrowed", arch, f"whose config {head} could take")
             # softmax's optimiser, schedule and regularisers; the head's own options at their defaults
             config = {k: v for k, v in job["config"].items() if not k.startswith("head_")}
             config.update(head=head, **({"epochs": epochs} if epochs else {}))

@@ -310,12 +310,11 @@ def plot_pays(searches: pd.DataFrame, out: Path) -> list[str]:
 
 
 def stage_runs(scale, keep: Path, stage: str) -> pd.DataFrame:
-    """The runs a part's `curve` stage (softmax's config at other budgets, seed 0) or `borrowed` stage (a head
-    with softmax's config, column config_of) left."""
+    """The finished runs a part's `curve` stage (softmax's config at other budgets, seed 0) or `borrowed` stage
+    (a head with softmax's config) left."""
     rows = [pd.read_parquet(path).assign(part=part.name, dataset=part.dataset) for part in scale.parts
             if (path := keep / part.name / stage / "final.parquet").exists()]
-    runs = finished(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
-    return runs.assign(config_of="softmax") if stage == "borrowed" and len(runs) else runs
+    return finished(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
 
 
 def load_curve(scale, runs: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
@@ -519,7 +518,8 @@ def provenance(specs: dict) -> list[str]:
 def report_lines(scale, trials, history, final, specs, bench, done, command, out: Path, keep: Path) -> list[str]:
     caveats = sorted({data_caveat(s) for s in specs.values()})
     versus = versus_by_part(final)
-    runs, borrowed = stage_runs(scale, keep, "curve"), stage_runs(scale, keep, "borrowed")
+    runs = stage_runs(scale, keep, "curve")
+    borrowed = stage_runs(scale, keep, "borrowed").assign(config_of="softmax")  # whose config its runs trained
     published, paid = published_table(final, runs, borrowed), search_paid(trials)
     curve = load_curve(scale, runs, final)
     budgets = {p.name: p.retrain_epochs for p in scale.parts if p.curve}

@@ -21,7 +21,7 @@ Scales:
   8 epochs, ASHA; then 3 seeds of each pair's best at 10 epochs on all 50,000), softmax's best
   at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST; the seed
   reports' own CNNs searched here and trained at their budgets (cnn_base and cnn_keras with softmax
-  and Gumbel at 50 epochs, cnn_vgg at 15; one seed each; cnn_base + Gumbel also with softmax's config,
+  and Gumbel at 50 epochs, cnn_vgg at 15 and 30; one seed each; cnn_base + Gumbel also with softmax's config,
   three seeds); a ViT sized for this CPU (vit_cpu) x every
   head from scratch, one seed at 10 epochs; and whether the search pays (`Pays`:
   airnet_s + softmax searched by the recipe alone, random search + ASHA and TPE + ASHA at the same
@@ -127,8 +127,8 @@ SCALES = {s.name: s for s in (
     Scale("cpu", "CIFAR-100: airnet_s (the fast backbone) x every head (8 trials per pair, then 3 seeds of each "
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
                  "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs, "
-                 "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs; searched here, one seed each; "
-                 "cnn_base + Gumbel also with cnn_base + softmax's config, three seeds); "
+                 "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs, its config also at 30; searched here, "
+                 "one seed each; cnn_base + Gumbel also with cnn_base + softmax's config, three seeds); "
                  "vit_cpu x every head from scratch (one seed, 10 epochs); whether the search pays (airnet_s + "
                  "softmax: the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it "
                  "again after a stop.",
@@ -147,9 +147,10 @@ SCALES = {s.name: s for s in (
                 # its own searched config reached 54.46% here): 3 seeds (~25 min a run on one core, ~15 on two)
                 borrow={("cnn_base", "gumbel"): 3}),
            # the VGG-like CNN (61% after 8 hours on a CPU): ~220 s an epoch on one core, so 6 trials of 5
-           # epochs, then one seed at 15 epochs on both cores (~35 min)
+           # epochs, then one seed at 15 epochs on both cores (74 min: 57.38%), and its config at 30 (the curve)
            Part("cifar100_vgg", _cnn_search("--set", "arch=cnn_vgg", "--set", "head=softmax", "--set", "epochs=5",
-                                            "--num-samples", "6"), seeds=1, retrain_epochs=15, cpus_per_task=2),
+                                            "--num-samples", "6"), seeds=1, retrain_epochs=15, cpus_per_task=2,
+                curve=(30,)),
            # the transformer row: vit_cpu (models/vit.py: 6 blocks, width 128, 4x4 patches) x every head from
            # scratch, 4 trials a pair on 10,000 images, then one seed of each pair's best at 10 epochs
            Part("cifar100_vit", ("--space", "vit_cpu_heads", "--set", "train_limit=10000", "--set", "epochs=8",
@@ -376,11 +377,11 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
                                                  "--out", str(kept / "retrain"), "--seeds", str(part.seeds),
                                                  "--cpus-per-task", cpus, *epochs, *data))
         if part.curve:
-            stages.run(f"{part.name}/curve", module("analysis.retrain", str(curve_jobs(kept, part.curve, part.curve_arch)), "-q",
-                                                   "--cpus-per-task", cpus, *data))
+            stages.run(f"{part.name}/curve", module(
+                "analysis.retrain", str(curve_jobs(kept, part.curve, part.curve_arch)), "--cpus-per-task", cpus, *data))
         if part.borrow:
             stages.run(f"{part.name}/borrowed", module(
-                "analysis.retrain", str(borrow_jobs(kept, part.borrow, part.retrain_epochs)), "-q",
+                "analysis.retrain", str(borrow_jobs(kept, part.borrow, part.retrain_epochs)),
                 "--out", str(kept / "borrowed"), "--cpus-per-task", cpus, *data))
         if not (exp / "spec.json").exists():
             print(f"  {part.name}/report: skipped, its search's experiment is not on this machine (the study's "

@@ -54,7 +54,12 @@ def test_tiny_study_writes_every_result(tiny):
     assert not [p for p in out.rglob("*.npy") if "stages" not in p.parts]  # matrices only beside their runs
     runs = sorted(p.name for p in (out / "stages" / "cifar100" / "retrain" / "runs").iterdir())
     assert len(runs) == 15 and runs[0].endswith("-seed0.json")  # one file per (config, seed)
-    assert list(json.loads((out / "stages" / "stages.json").read_text())) == list(spec["stages"])
+    stages = json.loads((out / "stages" / "stages.json").read_text())
+    assert list(stages) == list(spec["stages"])
+    # every retrain stage (the curve's and borrowed runs' too) logs its runs' progress lines, which the study
+    # shows every 30 s while a run of an hour or more trains
+    retrains = [s["command"].split() for s in stages.values() if "analysis.retrain" in s["command"]]
+    assert len(retrains) == 5 and not [argv for argv in retrains if "-q" in argv]
     curve = pd.read_parquet(out / "stages" / "cifar100" / "curve" / "final.parquet")  # softmax at other budgets
     assert sorted(curve["epochs"]) == [1, 3] and set(curve["head"]) == {"softmax"} and set(curve["seed"]) == {0}
     borrowed = pd.read_parquet(out / "stages" / "cifar100" / "borrowed" / "final.parquet")  # gumbel, softmax's config

@@ -373,16 +373,17 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
         chosen = kept / "retrain" / "chosen.json"  # a retrain started before (here or on another machine)
         epochs = ["--epochs", str(part.retrain_epochs)] if part.retrain_epochs else []
         cpus = f"{part.cpus_per_task or scale.cpus_per_task:g}"
-        stages.run(f"{part.name}/retrain", module("analysis.retrain", str(chosen if chosen.exists() else exp),
-                                                 "--out", str(kept / "retrain"), "--seeds", str(part.seeds),
-                                                 "--cpus-per-task", cpus, *epochs, *data))
+
+        def retrain(step: str, jobs: Path, *more: str) -> None:
+            """The part's stage `step` trains `jobs` (an experiment's best or a chosen.json) into <kept>/<step>."""
+            stages.run(f"{part.name}/{step}", module("analysis.retrain", str(jobs), "--out", str(kept / step),
+                                                     "--cpus-per-task", cpus, *more, *data))
+
+        retrain("retrain", chosen if chosen.exists() else exp, "--seeds", str(part.seeds), *epochs)
         if part.curve:
-            stages.run(f"{part.name}/curve", module(
-                "analysis.retrain", str(curve_jobs(kept, part.curve, part.curve_arch)), "--cpus-per-task", cpus, *data))
+            retrain("curve", curve_jobs(kept, part.curve, part.curve_arch))
         if part.borrow:
-            stages.run(f"{part.name}/borrowed", module(
-                "analysis.retrain", str(borrow_jobs(kept, part.borrow, part.retrain_epochs)),
-                "--out", str(kept / "borrowed"), "--cpus-per-task", cpus, *data))
+            retrain("borrowed", borrow_jobs(kept, part.borrow, part.retrain_epochs))
         if not (exp / "spec.json").exists():
             print(f"  {part.name}/report: skipped, its search's experiment is not on this machine (the study's "
                   "report is made from the committed stages alone)", flush=True)

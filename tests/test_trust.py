@@ -15,7 +15,7 @@ import torch
 import analysis
 from analysis import report
 from tuning import manifest, trainable
-from tuning.callbacks import EndedTrialCheckpoints
+from tuning.callbacks import EndedTrialCheckpoints, fresh_trial_states
 
 
 class Crafted:
@@ -211,6 +211,28 @@ def test_publish_moves_the_staged_state_whole_and_out_of_rays_copy(tmp_path):
     assert [p.name for p in staging.iterdir()] == ["notes.txt"]
     assert (exp / "searcher-state-1.pkl").read_bytes() == b"searcher" and _verify(exp) == 2
     assert not list(exp.glob(".*.tmp"))  # the temporary files were moved into place
+
+
+def test_a_trial_ray_staged_with_an_old_status_is_saved_with_its_own(tmp_path):
+    """Ray 2.60 can stage a trial that failed without a live worker as still RUNNING (its cached JSON):
+    the save then carries the trial's current state, the others' entries as Ray wrote them."""
+    def trial(trial_id, status):
+        return SimpleNamespace(trial_id=trial_id, status=status, get_json_state=lambda: (
+            json.dumps({"trial_id": trial_id, "status": status, "fresh": True}), json.dumps({"num_failures": 2})))
+
+    entry = lambda trial_id, status: [json.dumps({"trial_id": trial_id, "status": status}), "{}"]  # noqa: E731
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("not this run's")  # an older run's
+    path = tmp_path / "experiment_state-2026-12-07_21-34-32.json"
+    path.write_text(json.dumps({"trial_data": [entry("a", "ERROR"), entry("b", "RUNNING")], "runner_data": {}}))
+    assert fresh_trial_states(tmp_path, [trial("a", "ERROR"), trial("b", "ERROR")]) == ["b"]
+    state = json.loads(path.read_text())
+    assert state["trial_data"][0] == entry("a", "ERROR")  # as Ray wrote it
+    assert json.loads(state["trial_data"][1][0]) == {"trial_id": "b", "status": "ERROR", "fresh": True}
+    assert json.loads(state["trial_data"][1][1]) == {"num_failures": 2} and state["runner_data"] == {}
+    before = path.read_bytes()
+    assert fresh_trial_states(tmp_path, [trial("a", "ERROR"), trial("b", "ERROR")]) == []
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))  # nothing to mend: left alone
+    assert fresh_trial_states(tmp_path / "empty", [trial("a", "ERROR")]) == []  # nothing staged
 
 
 def test_a_copy_cut_short_by_a_kill_is_put_back_from_the_last_whole_save(tmp_path):

@@ -17,6 +17,7 @@ the trial from a checkpoint already deleted, and lost it.)
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -129,6 +130,35 @@ class EndedTrialCheckpoints(Callback):
         self.waiting = [t for t in self.waiting if not recorded_ended(t)]
 
 
+def fresh_trial_states(staging: Path, trials: list) -> list[str]:
+    """Put each trial's current state into the experiment state Ray just staged where Ray wrote an older
+    one; returns the ids of the trials it mended.
+
+    Ray (2.60) writes a trial's cached JSON, refreshed only for the trials it marked since the last save,
+    and a trial whose worker died before Ray stopped it ends ERROR unmarked (`TuneController.
+    _schedule_trial_stop` returns before marking a trial that has no actor). Its last save then keeps it
+    RUNNING, and the search reads as interrupted (exit 130 and a resume that retrains it) though it ended:
+    on a loaded machine, where the worker's death is seen first, one crash-test search in three.
+    `Trial.get_json_state()` is what Ray writes for a marked trial."""
+    path = max(staging.glob("experiment_state-*.json"), default=None)  # this run's: the names end in its start
+    if path is None or not trials:
+        return []
+    state = json.loads(path.read_text())
+    now = {t.trial_id: t for t in trials}
+    mended = []
+    for i, (trial_json, _) in enumerate(state["trial_data"]):
+        saved = json.loads(trial_json)
+        trial = now.get(saved.get("trial_id"))
+        if trial is not None and saved.get("status") != trial.status:
+            state["trial_data"][i] = list(trial.get_json_state())
+            mended.append(trial.trial_id)
+    if mended:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)
+    return mended
+
+
 class StateManifest(Callback):
     """Signs the files a resume would unpickle (`tuning.manifest`) each time Ray saves them, and
     keeps a copy of the last whole save.
@@ -160,6 +190,10 @@ class StateManifest(Callback):
                 # copy would put those stale ones back over the new, and not atomically.
                 (staging / manifest.MANIFEST_FILE).unlink(missing_ok=True)
                 shutil.rmtree(staging / manifest.BACKUP_DIR, ignore_errors=True)
+                try:
+                    fresh_trial_states(staging, self.trials)
+                except (ValueError, KeyError, TypeError, IndexError) as exc:  # not Ray's layout: publish it as is
+                    print(f"headsweep: trial states not checked this time: {exc!r}", file=sys.stderr)
                 fs, where = storage.storage_filesystem, storage.experiment_fs_path
                 staged = manifest.record(fs, where, staging)
                 manifest.publish(fs, where, staging, staged)  # the state files whole; Ray copies the rest

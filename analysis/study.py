@@ -3,8 +3,8 @@
 One command per scale runs, for each part of the study (CIFAR-100 backbones x every head; a
 Fashion-MNIST check), the search (fixed seed, per-pair budgets) -> `analysis.retrain` (3 seeds,
 each model evaluated once on the test set) -> the budget curve (softmax's best at other epochs) -> the
-borrowed runs (a head trained with softmax's searched config, as the seed reports did) ->
-`analysis.report`, then `tools.heads_bench` for the heads' measured cost at large C, and writes
+borrowed runs (a head trained with softmax's searched config, as the seed reports did) -> the
+same at a longer budget beside softmax's config there -> `analysis.report`, then `tools.heads_bench` for the heads' measured cost at large C, and writes
 `results/study-<scale>/`: `report.md` with its figures,
 `trials.parquet`, `history.parquet`, `final.parquet`, `spec.json` (the scale, each part's experiment spec and the
 wall time of every stage) and `command.txt`.
@@ -22,7 +22,7 @@ Scales:
   at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST; the seed
   reports' own CNNs searched here and trained at their budgets (cnn_base and cnn_keras with softmax
   and Gumbel at 50 epochs, cnn_vgg at 15 and 30; one seed each; cnn_base + Gumbel also with softmax's config,
-  three seeds); a ViT sized for this CPU (vit_cpu) x every
+  three seeds, at 50 and 80 epochs, beside that softmax config at 80); a ViT sized for this CPU (vit_cpu) x every
   head from scratch, one seed at 10 epochs; and whether the search pays (`Pays`:
   airnet_s + softmax searched by the recipe alone, random search + ASHA and TPE + ASHA at the same
   budget, two search seeds, each arm's best retrained with 3 seeds);
@@ -66,6 +66,10 @@ class Part:
     # (arch, head) -> seeds: the head trained with that arch's searched softmax config at the retrain's budget,
     # the seed reports' protocol (one config for both heads), beside the head's own searched config
     borrow: dict = field(default_factory=dict)
+    # longer budgets for the borrowed runs, each beside the arch's softmax config at the same budget (seed 0):
+    # stage `longer`, both heads at equal epochs; the borrowed head's runs first, then softmax's
+    longer: tuple[int, ...] = ()
+    longer_cpus: float | None = None  # the longer stage's CPUs per run (default: the part's)
     cpus_per_task: float | None = None  # the retrain's CPUs per run (default: the scale's)
 
     @property
@@ -128,7 +132,8 @@ SCALES = {s.name: s for s in (
                  "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
                  "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs, "
                  "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs, its config also at 30; searched here, "
-                 "one seed each; cnn_base + Gumbel also with cnn_base + softmax's config, three seeds); "
+                 "one seed each; cnn_base + Gumbel also with cnn_base + softmax's config, three seeds at 50 "
+                 "and 80 epochs, beside that config at 80); "
                  "vit_cpu x every head from scratch (one seed, 10 epochs); whether the search pays (airnet_s + "
                  "softmax: the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it "
                  "again after a stop.",
@@ -144,8 +149,10 @@ SCALES = {s.name: s for s in (
                                              "--set", "epochs=8", "--num-samples", "32"), seeds=1, retrain_epochs=50,
                 curve=(80, 150), curve_arch="cnn_keras",
                 # Gumbel as the seed report trained it, with the softmax run's config (59.50% against 57.09%;
-                # its own searched config reached 54.46% here): 3 seeds (~25 min a run on one core, ~15 on two)
-                borrow={("cnn_base", "gumbel"): 3}),
+                # its own searched config reached 54.46% here): 3 seeds (~25 min a run on one core, ~15 on two);
+                # 58.75% at 50 epochs, so also at 80 beside softmax's config at 80, one run at a time on both
+                # cores (~22 min a run: under the report's 24 GPU-minutes)
+                borrow={("cnn_base", "gumbel"): 3}, longer=(80,), longer_cpus=2),
            # the VGG-like CNN (61% after 8 hours on a CPU): ~220 s an epoch on one core, so 6 trials of 5
            # epochs, then one seed at 15 epochs on both cores (74 min: 57.38%), and its config at 30 (the curve)
            Part("cifar100_vgg", _cnn_search("--set", "arch=cnn_vgg", "--set", "head=softmax", "--set", "epochs=5",
@@ -173,7 +180,7 @@ SCALES = {s.name: s for s in (
           cpus_per_task=4.0, targets={("cifar100", "resnet18"): 0.75, ("fashion_mnist", None): 0.93}),
     Scale("tiny", "the smoke space on generated data: checks the pipeline, not the models.",
           (Part("cifar100", ("--space", "smoke", "--set", "epochs=2", "--num-samples", "5", "--set", "grace_period=1"),
-                curve=(1, 3), borrow={("cnn", "gumbel"): 1}),
+                curve=(1, 3), borrow={("cnn", "gumbel"): 1}, longer=(3,)),
            Part("fashion_mnist", ("--space", "smoke", "--dataset", "fashion_mnist", "--set", "head=softmax",
                                   "--set", "epochs=2", "--num-samples", "1", "--set", "grace_period=1"))),
           ("--classes", "100,1000", "--dim", "32", "--batch", "16", "--repeats", "1", "--min-time", "0.01"),
@@ -360,6 +367,21 @@ def borrow_jobs(kept: Path, borrow: dict, epochs: int | None) -> Path:
     return path
 
 
+def longer_jobs(kept: Path, borrowed: Path, budgets: tuple[int, ...]) -> Path:
+    """<kept>/longer/chosen.json: the `borrowed` chosen.json's runs at each of `budgets`, then each of their
+    archs' softmax config (seed 0) at the same budget; labels end in -e<epochs>."""
+    path = kept / "longer" / "chosen.json"
+    if not path.exists():
+        chosen, borrowed = read_json(kept / "retrain" / "chosen.json"), read_json(borrowed)["jobs"]
+        softmax = [_softmax_job(chosen, f"{kept.name}/longer", arch, "to train at a longer budget")
+                   for arch in dict.fromkeys(job["config"]["arch"] for job in borrowed)]
+        chosen["jobs"] = [{**job, "config": {**job["config"], "epochs": e}, "label": f"{job['label']}-e{e}"}
+                          for e in budgets for job in (*borrowed, *softmax)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(chosen, indent=1))
+    return path
+
+
 def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: Path | None = None,
               verbosity: int = 1) -> dict:
     """Every stage of every part (those done before are skipped); returns stages.json's content."""
@@ -374,7 +396,7 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
         epochs = ["--epochs", str(part.retrain_epochs)] if part.retrain_epochs else []
         cpus = f"{part.cpus_per_task or scale.cpus_per_task:g}"
 
-        def retrain(step: str, jobs: Path, *more: str) -> None:
+        def retrain(step: str, jobs: Path, *more: str, cpus: str = cpus) -> None:
             """The part's stage `step` trains `jobs` (an experiment's best or a chosen.json) into <kept>/<step>."""
             stages.run(f"{part.name}/{step}", module("analysis.retrain", str(jobs), "--out", str(kept / step),
                                                      "--cpus-per-task", cpus, *more, *data))
@@ -383,7 +405,11 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
         if part.curve:
             retrain("curve", curve_jobs(kept, part.curve, part.curve_arch))
         if part.borrow:
-            retrain("borrowed", borrow_jobs(kept, part.borrow, part.retrain_epochs))
+            borrowed = borrow_jobs(kept, part.borrow, part.retrain_epochs)
+            retrain("borrowed", borrowed)
+            if part.longer:
+                retrain("longer", longer_jobs(kept, borrowed, part.longer),
+                        cpus=f"{part.longer_cpus or part.cpus_per_task or scale.cpus_per_task:g}")
         if not (exp / "spec.json").exists():
             print(f"  {part.name}/report: skipped, its search's experiment is not on this machine (the study's "
                   "report is made from the committed stages alone)", flush=True)

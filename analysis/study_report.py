@@ -310,11 +310,21 @@ def plot_pays(searches: pd.DataFrame, out: Path) -> list[str]:
 
 
 def stage_runs(scale, keep: Path, stage: str) -> pd.DataFrame:
-    """The finished runs a part's `curve` stage (softmax's config at other budgets, seed 0) or `borrowed` stage
-    (a head with softmax's config) left."""
+    """The finished runs a part's `curve` stage (softmax's config at other budgets, seed 0), `borrowed` stage
+    (a head with softmax's config) or `longer` stage (both at a longer budget) left."""
     rows = [pd.read_parquet(path).assign(part=part.name, dataset=part.dataset) for part in scale.parts
             if (path := keep / part.name / stage / "final.parquet").exists()]
     return finished(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
+
+
+def with_longer(runs: pd.DataFrame, borrowed: pd.DataFrame, longer: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """A `longer` stage's runs shared out: its softmax runs are curve points (softmax's config at another
+    budget, seed 0) beside the curve stage's `runs`, the others borrowed runs at a longer budget."""
+    if longer.empty:
+        return runs, borrowed
+    softmax = longer["head"] == "softmax"
+    return (pd.concat([runs, longer[softmax]], ignore_index=True),
+            pd.concat([borrowed, longer[~softmax]], ignore_index=True))
 
 
 def load_curve(scale, runs: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
@@ -451,21 +461,24 @@ def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.D
     return lines
 
 
-def borrowed_table(final: pd.DataFrame, borrowed: pd.DataFrame) -> pd.DataFrame:
-    """Each borrowed (part, arch, head): softmax with its searched config, the head with its own, and the head
-    with softmax's (the seed reports trained both heads with one config); test accuracy over seeds."""
-    ok, rows = finished(final), []
-    for (part, arch, head), mine in borrowed.groupby(["part", "arch", "head"], sort=False) if len(borrowed) else ():
-        same = ok[(ok["part"] == part) & (ok["arch"] == arch)]
+def borrowed_table(final: pd.DataFrame, borrowed: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each borrowed (part, arch, head) at each budget: softmax with its searched config (the retrain's or a
+    curve's `runs`), the head with its own (where trained at that budget), and the head with softmax's (the seed
+    reports trained both heads with one config); test accuracy over seeds."""
+    ok, rows = finished(pd.concat([final, *([runs] if runs is not None and len(runs) else [])], ignore_index=True)), []
+    groups = borrowed.groupby(["part", "arch", "head", "epochs"], sort=False) if len(borrowed) else ()
+    for (part, arch, head, epochs), mine in groups:
+        same = ok[(ok["part"] == part) & (ok["arch"] == arch) & (ok["epochs"] == epochs)]
         softmax = same[same["head"] == "softmax"]
         for name, config, g in (("softmax", "its own searched", softmax),
                                 (head, "its own searched", same[same["head"] == head]),
                                 (head, "softmax's searched", mine)):
-            rows.append({"part": part, "arch": arch, "head": name, "config": config,
-                         "epochs": int(g["epochs"].max()), "seeds": len(g),
-                         "test accuracy": f"{_pm(g['accuracy'] * 100, '.2f')}%",
-                         "minutes a run": round(float(g["epoch_time_s_mean"].mean() * g["epochs"].mean() / 60)),
-                         "minus softmax": "" if name == "softmax" else
+            if g.empty:  # not trained at this budget
+                continue
+            rows.append({"part": part, "arch": arch, "head": name, "config": config, "epochs": int(epochs),
+                         "seeds": len(g), "test accuracy": f"{_pm(g['accuracy'] * 100, '.2f')}%",
+                         "minutes a run": round(float(g["epoch_time_s_mean"].mean() * epochs / 60)),
+                         "minus softmax": "" if name == "softmax" or softmax.empty else
                          f"{g['accuracy'].mean() - softmax['accuracy'].mean():+.2%}"})
     return pd.DataFrame(rows, columns=["part", "arch", "head", "config", "epochs", "seeds", "test accuracy",
                                        "minutes a run", "minus softmax"])
@@ -518,11 +531,12 @@ def provenance(specs: dict) -> list[str]:
 def report_lines(scale, trials, history, final, specs, bench, done, command, out: Path, keep: Path) -> list[str]:
     caveats = sorted({data_caveat(s) for s in specs.values()})
     versus = versus_by_part(final)
-    runs = stage_runs(scale, keep, "curve")
-    borrowed = stage_runs(scale, keep, "borrowed").assign(config_of="softmax")  # whose config its runs trained
+    runs, borrowed = with_longer(stage_runs(scale, keep, "curve"), stage_runs(scale, keep, "borrowed"),
+                                 stage_runs(scale, keep, "longer"))
+    borrowed = borrowed.assign(config_of="softmax")  # whose config its runs trained
     published, paid = published_table(final, runs, borrowed), search_paid(trials)
     curve = load_curve(scale, runs, final)
-    budgets = {p.name: p.retrain_epochs for p in scale.parts if p.curve}
+    budgets = {p.name: p.retrain_epochs for p in scale.parts if p.curve or p.longer}
     pays = load_pays(scale, keep)
     md = [f"# headsweep study: {scale.name} scale", "",
           "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budgets,
@@ -541,7 +555,7 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
           "The seed reports trained Gumbel-softmax with their softmax run's config; here each head's search picks "
           "its own. The head trained with its backbone's searched softmax config (its own options at their "
           "defaults) beside both searched configs; `minus softmax` is not paired (softmax has its own seeds).", "",
-          _table(borrowed_table(final, borrowed)), "",
+          _table(borrowed_table(final, borrowed, runs)), "",
           "## Cost: epoch time and the head's share", "",
           "Epoch time is the mean over the retrain's epochs (train+val, with the validation pass); the head's share "
           "is the share of a training step's forward + backward spent in the head, measured side by side on the "

@@ -37,7 +37,7 @@ def test_tiny_study_writes_every_result(tiny):
     assert len(pd.read_parquet(out / "history.parquet")) == 6 * 2  # 2 epochs, no trial stopped early
     spec = json.loads((out / "spec.json").read_text())
     assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/curve", "cifar100/borrowed",
-                                    "cifar100/report",
+                                    "cifar100/longer", "cifar100/report",
                                     "fashion_mnist/search",
                                     "fashion_mnist/retrain", "fashion_mnist/report", "pays/recipe-s0/search",
                                     "pays/random-s0/search", "pays/tpe-s0/search", "pays/retrain", "heads_bench"]
@@ -59,12 +59,19 @@ def test_tiny_study_writes_every_result(tiny):
     # every retrain stage (the curve's and borrowed runs' too) logs its runs' progress lines, which the study
     # shows every 30 s while a run of an hour or more trains
     retrains = [s["command"].split() for s in stages.values() if "analysis.retrain" in s["command"]]
-    assert len(retrains) == 5 and not [argv for argv in retrains if "-q" in argv]
+    assert len(retrains) == 6 and not [argv for argv in retrains if "-q" in argv]
     curve = pd.read_parquet(out / "stages" / "cifar100" / "curve" / "final.parquet")  # softmax at other budgets
     assert sorted(curve["epochs"]) == [1, 3] and set(curve["head"]) == {"softmax"} and set(curve["seed"]) == {0}
     borrowed = pd.read_parquet(out / "stages" / "cifar100" / "borrowed" / "final.parquet")  # gumbel, softmax's config
     assert list(borrowed["head"]) == ["gumbel"] and borrowed["label"][0].startswith("cnn-gumbel-with-softmax-")
     assert "| cifar100 | cnn    | gumbel  | softmax's searched |" in text
+    longer = pd.read_parquet(out / "stages" / "cifar100" / "longer" / "final.parquet")  # both heads at 3 epochs
+    assert list(longer["head"]) == ["gumbel", "softmax"] and set(longer["epochs"]) == {3}
+    assert all(longer["label"].str.endswith("-e3")) and set(longer["seed"]) == {0}
+    borrowed_rows = [ln.split("|")[3:6] for ln in text.split("## One config for both heads")[1].split("##")[0]
+                     .splitlines() if ln.startswith("| cifar100")]
+    assert [[c.strip() for c in r] for r in borrowed_rows if r[2].strip() == "3"] == [
+        ["softmax", "its own searched", "3"], ["gumbel", "softmax's searched", "3"]]  # the longer budget's rows
     assert "figures/budget.png" in _figures(text) and "figures/accuracy_vs_cost.png" in _figures(text)
     answer = text.split("## Answer")[1].split("##")[0]  # the opening answers with numbers
     assert "best head" in answer and "%" in answer and "Did the search pay?" in answer
@@ -101,9 +108,9 @@ def test_rerun_skips_finished_stages(tiny, capsys):
     capsys.readouterr()
     assert study.main(["--scale", "tiny", "--work", str(root / "work"), "--out", str(root / "results")]) == 0
     out = capsys.readouterr().out
-    # 2 parts x (search, retrain, report), the curve, the borrowed runs, the 3 arms' searches and their
-    # retrain, the bench
-    assert out.count("skipped") == 13 and "wrote" in out
+    # 2 parts x (search, retrain, report), the curve, the borrowed runs and the longer ones, the 3 arms'
+    # searches and their retrain, the bench
+    assert out.count("skipped") == 14 and "wrote" in out
 
 
 @pytest.mark.slow
@@ -370,3 +377,52 @@ def test_a_borrowed_config_counts_for_the_seed_reports_and_is_set_beside_both_se
         ["softmax", "its own searched", 1, "59.52%", ""], ["gumbel", "its own searched", 1, "54.46%", "-5.06%"],
         ["gumbel", "softmax's searched", 2, "59.70 +- 0.14%", "+0.18%"]]
     assert borrowed_table(final, pd.DataFrame()).empty
+
+
+def test_a_longer_stage_trains_the_borrowed_runs_and_softmaxs_config_at_each_budget(tmp_path):
+    """`longer` takes the borrowed chosen.json's runs (every seed) to each budget, then the arch's softmax config
+    (seed 0) at the same budget, labels ending in -e<epochs>."""
+    (tmp_path / "retrain").mkdir()
+    softmax = {"arch": "cnn_base", "head": "softmax", "lr": 0.004, "epochs": 8}
+    (tmp_path / "retrain" / "chosen.json").write_text(json.dumps({"jobs": [
+        {"config": softmax, "seed": 0, "label": "cnn_base-softmax-a"}]}))
+    borrowed = study.borrow_jobs(tmp_path, {("cnn_base", "gumbel"): 2}, 50)
+    jobs = json.loads(study.longer_jobs(tmp_path, borrowed, (80, 120)).read_text())["jobs"]
+    assert [(j["label"], j["config"]["head"], j["config"]["epochs"], j["seed"]) for j in jobs] == [
+        ("cnn_base-gumbel-with-softmax-a-e80", "gumbel", 80, 0),
+        ("cnn_base-gumbel-with-softmax-a-e80", "gumbel", 80, 1),
+        ("cnn_base-softmax-a-e80", "softmax", 80, 0),
+        ("cnn_base-gumbel-with-softmax-a-e120", "gumbel", 120, 0),
+        ("cnn_base-gumbel-with-softmax-a-e120", "gumbel", 120, 1), ("cnn_base-softmax-a-e120", "softmax", 120, 0)]
+    assert all(j["config"]["lr"] == 0.004 for j in jobs)  # softmax's config for both heads
+
+
+def test_a_longer_stages_runs_go_to_the_curve_and_the_borrowed_table_at_their_own_budget():
+    """A longer stage's softmax run is a curve point; its borrowed runs are compared with softmax at the same
+    budget in the borrowed table, and the seed reports' table takes the better budget."""
+    from analysis.study_report import borrowed_table, converged, curve_table, load_curve, published_table, with_longer
+
+    run = lambda head, acc, epochs=50, seed=0: {"part": "cnns", "dataset": "cifar100", "arch": "cnn_base",  # noqa: E731
+                                                "head": head, "seed": seed, "status": "completed", "epochs": epochs,
+                                                "accuracy": acc, "epoch_time_s_mean": 15.0}
+    final = pd.DataFrame([run("softmax", 0.5952), run("gumbel", 0.5446)])
+    borrowed = pd.DataFrame([run("gumbel", 0.5880), run("gumbel", 0.5870, seed=1)])
+    longer = pd.DataFrame([run("gumbel", 0.5990, 80), run("gumbel", 0.5970, 80, 1), run("softmax", 0.6010, 80)])
+    runs, borrowed = with_longer(pd.DataFrame(), borrowed, longer)
+    borrowed = borrowed.assign(config_of="softmax")
+    assert list(runs["head"]) == ["softmax"] and sorted(borrowed["epochs"]) == [50, 50, 80, 80]
+    table = borrowed_table(final, borrowed, runs)
+    columns = ["head", "config", "epochs", "seeds", "test accuracy", "minutes a run", "minus softmax"]
+    assert table[columns].values.tolist() == [
+        ["softmax", "its own searched", 50, 1, "59.52%", 12, ""],
+        ["gumbel", "its own searched", 50, 1, "54.46%", 12, "-5.06%"],
+        ["gumbel", "softmax's searched", 50, 2, "58.75 +- 0.07%", 12, "-0.77%"],
+        ["softmax", "its own searched", 80, 1, "60.10%", 20, ""],
+        ["gumbel", "softmax's searched", 80, 2, "59.80 +- 0.14%", 20, "-0.30%"]]  # no own-searched run at 80
+    row = published_table(final, runs, borrowed).set_index("reported elsewhere").loc["the same CNN with Gumbel-softmax"]
+    assert row["same architecture here"] == ("59.80 +- 0.14% (cnn_base + gumbel with softmax's config, 80 epochs, "
+                                             "2 seeds, 20 min a run)") and row["beaten"] == "yes, by +0.30%"
+    assert converged(curve_table(load_curve(None, runs, final)), {"cnns": 50})[0].startswith(
+        "- cnns, cnn_base + softmax: 80 epochs against 50: +0.58% test accuracy, one seed at each budget")
+    same = with_longer(runs, borrowed, pd.DataFrame())  # no longer stage (yet): both as they were
+    assert same[0] is runs and same[1] is borrowed

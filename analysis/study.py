@@ -4,7 +4,8 @@ One command per scale runs, for each part of the study (CIFAR-100 backbones x ev
 Fashion-MNIST check), the search (fixed seed, per-pair budgets) -> `analysis.retrain` (3 seeds,
 each model evaluated once on the test set) -> the budget curve (softmax's best at other epochs) -> the
 borrowed runs (a head trained with softmax's searched config, as the seed reports did) -> the
-same at a longer budget beside softmax's config there -> `analysis.report`, then `tools.heads_bench` for the heads' measured cost at large C, and writes
+same at a longer budget beside softmax's config there -> `analysis.report`, then
+`tools.heads_bench` for the heads' measured cost at large C, and writes
 `results/study-<scale>/`: `report.md` with its figures,
 `trials.parquet`, `history.parquet`, `final.parquet`, `spec.json` (the scale, each part's experiment spec and the
 wall time of every stage) and `command.txt`.
@@ -151,7 +152,7 @@ SCALES = {s.name: s for s in (
                 # Gumbel as the seed report trained it, with the softmax run's config (59.50% against 57.09%;
                 # its own searched config reached 54.46% here): 3 seeds (~25 min a run on one core, ~15 on two);
                 # 58.75% at 50 epochs, so also at 80 beside softmax's config at 80, one run at a time on both
-                # cores (~22 min a run: under the report's 24 GPU-minutes)
+                # cores (60.32% in 25.5-28 min a run: above their 59.50%, not under their ~24 GPU-minutes)
                 borrow={("cnn_base", "gumbel"): 3}, longer=(80,), longer_cpus=2),
            # the VGG-like CNN (61% after 8 hours on a CPU): ~220 s an epoch on one core, so 6 trials of 5
            # epochs, then one seed at 15 epochs on both cores (74 min: 57.38%), and its config at 30 (the curve)

@@ -461,11 +461,11 @@ def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.D
     return lines
 
 
-def borrowed_table(final: pd.DataFrame, borrowed: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each borrowed (part, arch, head) at each budget: softmax with its searched config (the retrain's or a
-    curve's `runs`), the head with its own (where trained at that budget), and the head with softmax's (the seed
-    reports trained both heads with one config); test accuracy over seeds."""
-    ok, rows = finished(pd.concat([final, *([runs] if runs is not None and len(runs) else [])], ignore_index=True)), []
+def borrowed_table(final: pd.DataFrame, borrowed: pd.DataFrame, *more: pd.DataFrame) -> pd.DataFrame:
+    """Each borrowed (part, arch, head) at each budget: softmax with its searched config (the retrain's or the
+    `more` runs of a curve stage), the head with its own (where trained at that budget), and the head with
+    softmax's (the seed reports trained both heads with one config); test accuracy over seeds."""
+    ok, rows = finished(pd.concat([final, *[m for m in more if len(m)]], ignore_index=True)), []
     groups = borrowed.groupby(["part", "arch", "head", "epochs"], sort=False) if len(borrowed) else ()
     for (part, arch, head, epochs), mine in groups:
         same = ok[(ok["part"] == part) & (ok["arch"] == arch) & (ok["epochs"] == epochs)]

@@ -3,6 +3,7 @@
 One command per scale runs, for each part of the study (CIFAR-100 backbones x every head; a
 Fashion-MNIST check), the search (fixed seed, per-pair budgets) -> `analysis.retrain` (3 seeds,
 each model evaluated once on the test set) -> the budget curve (softmax's best at other epochs) -> the
+converge stage (every retrained run again at the budget the curve picked, softmax at twice it) -> the
 borrowed runs (a head trained with softmax's searched config, as the seed reports did) -> the
 same at a longer budget beside softmax's config there -> `analysis.report`, then
 `tools.heads_bench` for the heads' measured cost at large C, and writes
@@ -20,7 +21,8 @@ Scales:
 - `cpu` (default; hours on 2 cores, run it again after a stop: it goes on from the committed
   stages): airnet_s x every head on CIFAR-100 (8 trials per pair on 10,000 training images,
   8 epochs, ASHA; then 3 seeds of each pair's best at 10 epochs on all 50,000), softmax's best
-  at 5 and 20 epochs too (the budget curve), and airnet_s + softmax on Fashion-MNIST; the seed
+  at 5 and 20 epochs too (the budget curve), every pair's 3 seeds again at 20 epochs beside softmax at 40
+  (the converge stage: 10 epochs had not converged; ~35 min a run on one core), and airnet_s + softmax on Fashion-MNIST; the seed
   reports' own CNNs searched here and trained at their budgets (cnn_base and cnn_keras with softmax
   and Gumbel at 50 epochs, cnn_vgg at 15 and 30; one seed each; cnn_base + Gumbel also with softmax's config,
   three seeds, at 50 and 80 epochs, beside that softmax config at 80); a ViT sized for this CPU (vit_cpu) x every
@@ -71,6 +73,9 @@ class Part:
     # stage `longer`, both heads at equal epochs; the borrowed head's runs first, then softmax's
     longer: tuple[int, ...] = ()
     longer_cpus: float | None = None  # the longer stage's CPUs per run (default: the part's)
+    # every retrained (config, seed) again at this budget, and softmax's config (seed 0) at twice it: stage
+    # `converge`, the heads compared at the budget the curve picked, beside the point that says if it converged
+    converge: int | None = None
     cpus_per_task: float | None = None  # the retrain's CPUs per run (default: the scale's)
 
     @property
@@ -130,7 +135,8 @@ def _airnet_search(*extra: str) -> tuple[str, ...]:
 
 SCALES = {s.name: s for s in (
     Scale("cpu", "CIFAR-100: airnet_s (the fast backbone) x every head (8 trials per pair, then 3 seeds of each "
-                 "pair's best at 10 epochs on all training images); Fashion-MNIST: airnet_s + softmax, the same "
+                 "pair's best at 10 epochs on all training images, and again at 20, part cifar100-e20, beside "
+                 "softmax at 40: has 20 converged?); Fashion-MNIST: airnet_s + softmax, the same "
                  "way; the seed reports' own CNNs (cnn_base and cnn_keras with softmax and Gumbel, 50 epochs, "
                  "cnn_keras + softmax also at 80 and 150; cnn_vgg, 15 epochs, its config also at 30; searched here, "
                  "one seed each; cnn_base + Gumbel also with cnn_base + softmax's config, three seeds at 50 "
@@ -138,7 +144,10 @@ SCALES = {s.name: s for s in (
                  "vit_cpu x every head from scratch (one seed, 10 epochs); whether the search pays (airnet_s + "
                  "softmax: the recipe alone, random search + ASHA, TPE + ASHA). Hours on 2 CPU cores: run it "
                  "again after a stop.",
-          (Part("cifar100", _airnet_search("--num-samples", "40"), retrain_epochs=10, curve=(5, 20)),
+          (Part("cifar100", _airnet_search("--num-samples", "40"), retrain_epochs=10, curve=(5, 20),
+                # the curve's 20 epochs were +2.26 points over 10 (seed std 0.29): 10 had not converged, so every
+                # pair again at 20 (~35 min a run on one core, 15 runs), and softmax at 40 to judge 20 by
+                converge=20),
            # the seed report's Fashion-MNIST CNN (91.84%) on its own data: airnet_s + softmax, 8 trials
            Part("fashion_mnist", _airnet_search("--dataset", "fashion_mnist", "--set", "head=softmax",
                                                 "--num-samples", "8"), retrain_epochs=10),
@@ -181,7 +190,7 @@ SCALES = {s.name: s for s in (
           cpus_per_task=4.0, targets={("cifar100", "resnet18"): 0.75, ("fashion_mnist", None): 0.93}),
     Scale("tiny", "the smoke space on generated data: checks the pipeline, not the models.",
           (Part("cifar100", ("--space", "smoke", "--set", "epochs=2", "--num-samples", "5", "--set", "grace_period=1"),
-                curve=(1, 3), borrow={("cnn", "gumbel"): 1}, longer=(3,)),
+                curve=(1, 3), converge=3, borrow={("cnn", "gumbel"): 1}, longer=(3,)),
            Part("fashion_mnist", ("--space", "smoke", "--dataset", "fashion_mnist", "--set", "head=softmax",
                                   "--set", "epochs=2", "--num-samples", "1", "--set", "grace_period=1"))),
           ("--classes", "100,1000", "--dim", "32", "--batch", "16", "--repeats", "1", "--min-time", "0.01"),
@@ -335,6 +344,11 @@ def _softmax_job(chosen: dict, stage: str, arch: str | None, purpose: str) -> di
     return job
 
 
+def _at(job: dict, epochs: int) -> dict:
+    """A retrain's job at another budget: its label ends in -e<epochs>."""
+    return {**job, "config": {**job["config"], "epochs": epochs}, "label": f"{job['label']}-e{epochs}"}
+
+
 def curve_jobs(kept: Path, budgets: tuple[int, ...], arch: str | None = None) -> Path:
     """<kept>/curve/chosen.json: the softmax pair's retrained config (`arch`'s, or the first), seed 0, once
     per budget (epochs)."""
@@ -342,8 +356,8 @@ def curve_jobs(kept: Path, budgets: tuple[int, ...], arch: str | None = None) ->
     if not path.exists():
         chosen = read_json(kept / "retrain" / "chosen.json")
         job = _softmax_job(chosen, f"{kept.name}/curve", arch, "to train at other budgets")
-        chosen["jobs"] = [{"config": {**job["config"], "epochs": e}, "seed": 0, "label": f"{job['label']}-e{e}"}
-                          for e in sorted(budgets, reverse=True)]  # the longest first: two at once end together
+        # the longest first: two at once end together
+        chosen["jobs"] = [_at(job, e) for e in sorted(budgets, reverse=True)]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(chosen, indent=1))
     return path
@@ -376,11 +390,42 @@ def longer_jobs(kept: Path, borrowed: Path, budgets: tuple[int, ...]) -> Path:
         chosen, borrowed = read_json(kept / "retrain" / "chosen.json"), read_json(borrowed)["jobs"]
         softmax = [_softmax_job(chosen, f"{kept.name}/longer", arch, "to train at a longer budget")
                    for arch in dict.fromkeys(job["config"]["arch"] for job in borrowed)]
-        chosen["jobs"] = [{**job, "config": {**job["config"], "epochs": e}, "label": f"{job['label']}-e{e}"}
-                          for e in budgets for job in (*borrowed, *softmax)]
+        chosen["jobs"] = [_at(job, e) for e in budgets for job in (*borrowed, *softmax)]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(chosen, indent=1))
     return path
+
+
+def converge_jobs(kept: Path, epochs: int) -> Path:
+    """<kept>/converge/chosen.json: softmax's retrained config (seed 0) at 2 x `epochs`, then every retrained
+    (config, seed) at `epochs`, seed-major as the retrain (a stop leaves every head's first seed first)."""
+    path = kept / "converge" / "chosen.json"
+    if not path.exists():
+        chosen = read_json(kept / "retrain" / "chosen.json")
+        softmax = _softmax_job(chosen, f"{kept.name}/converge", None, "to judge the budget by")
+        # the longest run first: it trains beside the others instead of alone at the end
+        chosen["jobs"] = [_at(softmax, 2 * epochs), *[_at(job, epochs) for job in chosen["jobs"]]]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(chosen, indent=1))
+        reuse_runs(kept / "curve", path.parent, chosen["jobs"])
+    return path
+
+
+def reuse_runs(src: Path, dst: Path, jobs: list[dict]) -> None:
+    """The runs another retrain (`src`) finished with the same label and seed (the same config, seed and
+    budget) copied into `dst` with their confusion matrices: that retrain skips them instead of training them
+    again."""
+    from analysis.runs import run_file
+
+    for job in jobs:
+        run = run_file(src, job)
+        if run.exists() and not run_file(dst, job).exists():
+            row = json.loads(run.read_text())
+            for key in ("confusion_file", "confusion_coarse_file"):
+                if row.get(key) and (src / row[key]).exists():
+                    shutil.copy(src / row[key], dst / row[key])
+            run_file(dst, job).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(run, run_file(dst, job))
 
 
 def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: Path | None = None,
@@ -405,6 +450,8 @@ def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: P
         retrain("retrain", chosen if chosen.exists() else exp, "--seeds", str(part.seeds), *epochs)
         if part.curve:
             retrain("curve", curve_jobs(kept, part.curve, part.curve_arch))
+        if part.converge:
+            retrain("converge", converge_jobs(kept, part.converge))
         if part.borrow:
             borrowed = borrow_jobs(kept, part.borrow, part.retrain_epochs)
             retrain("borrowed", borrowed)

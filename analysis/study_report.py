@@ -71,14 +71,18 @@ def load_parts(scale, keep: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
         history.append(pd.read_parquet(kept / "history.parquet").assign(part=part.name))
         rows = retrain_rows(kept / "retrain")
         if len(rows):
-            finals.append(rows.assign(part=part.name, dataset=part.dataset))
+            finals.append(rows.assign(part=part.name, dataset=part.dataset, folder=f"{part.name}/retrain"))
+        rows = retrain_rows(kept / "converge") if part.converge else ()
+        if len(rows):  # the part's pairs again at the converge budget: a part of their own, <part>-e<epochs>
+            finals.append(rows[rows["epochs"] == part.converge].assign(
+                part=f"{part.name}-e{part.converge}", dataset=part.dataset, folder=f"{part.name}/converge"))
     final = pd.concat(finals, ignore_index=True) if finals else pd.DataFrame(columns=FINAL_COLUMNS)
     return (pd.concat(trials, ignore_index=True) if trials else pd.DataFrame(columns=["part", "status"]),
             pd.concat(history, ignore_index=True) if history else pd.DataFrame(columns=["part"]), final, specs)
 
 
 def retrain_rows(folder: Path) -> pd.DataFrame:
-    """A retrain's rows: its final.parquet, or while it is still under way the runs that finished."""
+    """A retrain's rows: its final.parquet, or while it is still under way (or stopped) the runs that finished."""
     if (folder / "final.parquet").exists():
         return pd.read_parquet(folder / "final.parquet")
     return pd.DataFrame([json.loads(f.read_text()) for f in sorted((folder / "runs").glob("*.json"))])
@@ -311,10 +315,21 @@ def plot_pays(searches: pd.DataFrame, out: Path) -> list[str]:
 
 def stage_runs(scale, keep: Path, stage: str) -> pd.DataFrame:
     """The finished runs a part's `curve` stage (softmax's config at other budgets, seed 0), `borrowed` stage
-    (a head with softmax's config) or `longer` stage (both at a longer budget) left."""
-    rows = [pd.read_parquet(path).assign(part=part.name, dataset=part.dataset) for part in scale.parts
-            if (path := keep / part.name / stage / "final.parquet").exists()]
+    (a head with softmax's config), `longer` stage (both at a longer budget) or `converge` stage left, those
+    of a stage still under way too."""
+    rows = [retrain_rows(keep / part.name / stage).assign(part=part.name, dataset=part.dataset)
+            for part in scale.parts if (keep / part.name / stage).is_dir()]
+    rows = [r for r in rows if "status" in r]
     return finished(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
+
+
+def with_converge(runs: pd.DataFrame, converge: pd.DataFrame) -> pd.DataFrame:
+    """A `converge` stage's softmax runs are curve points too (every seed at its budget, seed 0 at twice it),
+    beside the curve stage's `runs`; a run both stages hold (the same label and seed) counts once."""
+    if converge.empty:
+        return runs
+    return pd.concat([runs, converge[converge["head"] == "softmax"]], ignore_index=True).drop_duplicates(
+        ["part", "label", "seed"], ignore_index=True)
 
 
 def with_longer(runs: pd.DataFrame, borrowed: pd.DataFrame, longer: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
@@ -347,28 +362,33 @@ def curve_table(curve: pd.DataFrame) -> pd.DataFrame:
         minutes=lambda d: d["minutes"] * d["epochs"])
 
 
-def converged(table: pd.DataFrame, budgets: dict[str, int]) -> list[str]:
-    """What the curve says of each part's retrain budget: the gain of the longest budget over it, against the
-    seed spread (none with one seed: said so)."""
+def converged(table: pd.DataFrame, budgets: dict[str, tuple[int, ...]]) -> list[str]:
+    """What the curve says of each of a part's budgets (its retrain's and its converge stage's): the gain of
+    the next longer budget over it, against the seed spread at it (none with one seed: said so)."""
     lines = []
     for (part, arch), t in table.groupby(["part", "arch"]) if len(table) else ():
-        t, budget = t.set_index("epochs"), budgets.get(part)
-        if budget not in t.index or t.index.max() <= budget:
-            continue
-        longest, spread = t.index.max(), t.loc[budget, "std"]
-        gain = t.loc[longest, "test_accuracy"] - t.loc[budget, "test_accuracy"]
-        long_min, short_min = t.loc[longest, "minutes"], t.loc[budget, "minutes"]
-        if not np.isfinite(spread):
-            verdict = "one seed at each budget: no spread to judge it by"
-        elif abs(gain) <= 2 * spread:
-            verdict = "within the seed spread: converged for this schedule"
-        else:
-            verdict = "beyond the seed spread: not converged, the heads' ranking is at an undertrained budget"
-        lines.append(f"- {part}, {arch} + softmax: {longest} epochs against {budget}: {gain:+.2%} test accuracy"
-                     + (f" (seed std at {budget} epochs: {spread:.2%}), " if np.isfinite(spread) else ", ")
-                     + f"{verdict}; {longest} epochs took {long_min:.0f} min a run against {short_min:.0f} as "
-                     f"measured ({long_min / short_min:.1f}x; each run's minutes include whatever shared its cores).")
+        t = t.set_index("epochs")
+        for budget in budgets.get(part, ()):
+            if budget in t.index and t.index.max() > budget:
+                lines.append(_gain_line(part, arch, t, budget))
     return lines
+
+
+def _gain_line(part: str, arch: str, t: pd.DataFrame, budget: int) -> str:
+    """One budget (`t`: the curve by epochs) against the next longer one."""
+    longer, spread = t.index[t.index > budget].min(), t.loc[budget, "std"]
+    gain = t.loc[longer, "test_accuracy"] - t.loc[budget, "test_accuracy"]
+    long_min, short_min = t.loc[longer, "minutes"], t.loc[budget, "minutes"]
+    if not np.isfinite(spread):
+        verdict = "one seed at each budget: no spread to judge it by"
+    elif abs(gain) <= 2 * spread:
+        verdict = "within the seed spread: converged for this schedule"
+    else:
+        verdict = "beyond the seed spread: not converged, the heads' ranking is at an undertrained budget"
+    return (f"- {part}, {arch} + softmax: {longer} epochs against {budget}: {gain:+.2%} test accuracy"
+            + (f" (seed std at {budget} epochs: {spread:.2%}), " if np.isfinite(spread) else ", ")
+            + f"{verdict}; {longer} epochs took {long_min:.0f} min a run against {short_min:.0f} as "
+            f"measured ({long_min / short_min:.1f}x; each run's minutes include whatever shared its cores).")
 
 
 def plot_curves(history: pd.DataFrame, curve: pd.DataFrame, final: pd.DataFrame, out: Path) -> list[str]:
@@ -404,10 +424,10 @@ def plot_curves(history: pd.DataFrame, curve: pd.DataFrame, final: pd.DataFrame,
         datasets = list(dict.fromkeys(ok["dataset"]))  # one panel per dataset: their accuracies differ by far more
         fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
         for ax, dataset in zip(axes[0], datasets):
-            for (arch, head), g in ok[ok["dataset"] == dataset].groupby(["arch", "head"], sort=False):
+            for (_, arch, head), g in ok[ok["dataset"] == dataset].groupby(["part", "arch", "head"], sort=False):
                 ax.errorbar(g["epoch_time_s_mean"].mean() * g["epochs"].mean() / 60, g["accuracy"].mean(),
                             yerr=g["accuracy"].std() if len(g) > 1 else 0, marker="o", capsize=3,
-                            label=f"{arch} + {head}")
+                            label=f"{arch} + {head}, {g['epochs'].mean():.0f} epochs")
             ax.set(xlabel="minutes per training run (mean)", ylabel="test accuracy (mean +- std over seeds)",
                    title=f"{dataset}: accuracy against cost")
             ax.legend(fontsize=7)
@@ -422,7 +442,8 @@ def _cores(n: float) -> str:
 
 
 def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.DataFrame,
-           paid: pd.DataFrame, table: pd.DataFrame, budgets: dict[str, int], cores: dict[str, float]) -> list[str]:
+           paid: pd.DataFrame, table: pd.DataFrame, budgets: dict[str, tuple[int, ...]],
+           cores: dict[str, float]) -> list[str]:
     """The opening paragraph: the study's answers, with numbers (`cores`: each part's CPUs per retrain run)."""
     ok, lines = finished(final), []
     for (part, arch), g in ok.groupby(["part", "arch"], sort=False):
@@ -509,7 +530,7 @@ def confusion_figures(final: pd.DataFrame, keep: Path, out: Path) -> list[str]:
     for (part, arch, head), g in ok.groupby(["part", "arch", "head"], sort=False):
         if "confusion_file" not in g or g["confusion_file"].isna().any():
             continue
-        matrix = sum(np.load(keep / part / "retrain" / f) for f in g["confusion_file"])
+        matrix = sum(np.load(keep / g.iloc[0]["folder"] / f) for f in g["confusion_file"])
         names = json.loads(g.iloc[0]["class_names"])
         path = plot_confusion(matrix, f"{part}: {arch} + {head} ({len(g)} seeds)", out, f"confusion_{part}_{arch}_{head}",
                               names)
@@ -533,10 +554,11 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
     versus = versus_by_part(final)
     runs, borrowed = with_longer(stage_runs(scale, keep, "curve"), stage_runs(scale, keep, "borrowed"),
                                  stage_runs(scale, keep, "longer"))
+    runs = with_converge(runs, stage_runs(scale, keep, "converge"))
     borrowed = borrowed.assign(config_of="softmax")  # whose config its runs trained
     published, paid = published_table(final, runs, borrowed), search_paid(trials)
     curve = load_curve(scale, runs, final)
-    budgets = {p.name: p.retrain_epochs for p in scale.parts if p.curve or p.longer}
+    budgets = {p.name: tuple(b for b in (p.retrain_epochs, p.converge) if b) for p in scale.parts}
     pays = load_pays(scale, keep)
     md = [f"# headsweep study: {scale.name} scale", "",
           "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budgets,
@@ -548,7 +570,8 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
           "Test set, each model evaluated once; mean +- std over seeds (each seed retrained from scratch on "
           "train+validation with the best config the pair's search found on validation). `minus softmax` is "
           "paired by seed on the same backbone, with the 95% CI of a paired t-test; precision, recall and F1 "
-          "are macro averages.", "", _table(headline(final, versus)), "",
+          "are macro averages. A part named `<part>-e<N>` is the part's pairs retrained again at N epochs (its "
+          "converge stage; while that stage is under way, the runs it finished).", "", _table(headline(final, versus)), "",
           "## Targets", "", _table(targets(scale, final)), "",
           "## Heads that trail softmax", "", *trailing(versus), "",
           "## One config for both heads", "",

@@ -33,10 +33,14 @@ def test_tiny_study_writes_every_result(tiny):
     assert code == 0
     trials, final = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "final.parquet")
     assert sorted(trials.part.unique()) == ["cifar100", "fashion_mnist"] and len(trials) == 6  # 5 pairs + 1
-    assert len(final) == 6 * 3 and set(final.seed) == {0, 1, 2} and (final.status != "error").all()
+    # the 6 pairs' 3 seeds, and cifar100's 5 pairs again at the converge stage's 3 epochs: part cifar100-e3
+    assert final.groupby("part").size().to_dict() == {"cifar100": 15, "cifar100-e3": 15, "fashion_mnist": 3}
+    assert set(final.seed) == {0, 1, 2} and (final.status != "error").all()
+    assert set(final[final.part == "cifar100-e3"]["epochs"]) == {3}
     assert len(pd.read_parquet(out / "history.parquet")) == 6 * 2  # 2 epochs, no trial stopped early
     spec = json.loads((out / "spec.json").read_text())
-    assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/curve", "cifar100/borrowed",
+    assert list(spec["stages"]) == ["cifar100/search", "cifar100/retrain", "cifar100/curve", "cifar100/converge",
+                                    "cifar100/borrowed",
                                     "cifar100/longer", "cifar100/report",
                                     "fashion_mnist/search",
                                     "fashion_mnist/retrain", "fashion_mnist/report", "pays/recipe-s0/search",
@@ -59,9 +63,14 @@ def test_tiny_study_writes_every_result(tiny):
     # every retrain stage (the curve's and borrowed runs' too) logs its runs' progress lines, which the study
     # shows every 30 s while a run of an hour or more trains
     retrains = [s["command"].split() for s in stages.values() if "analysis.retrain" in s["command"]]
-    assert len(retrains) == 6 and not [argv for argv in retrains if "-q" in argv]
+    assert len(retrains) == 7 and not [argv for argv in retrains if "-q" in argv]
     curve = pd.read_parquet(out / "stages" / "cifar100" / "curve" / "final.parquet")  # softmax at other budgets
     assert sorted(curve["epochs"]) == [1, 3] and set(curve["head"]) == {"softmax"} and set(curve["seed"]) == {0}
+    converge = pd.read_parquet(out / "stages" / "cifar100" / "converge" / "final.parquet")
+    assert converge.groupby("epochs").size().to_dict() == {3: 15, 6: 1}  # softmax alone at twice the budget
+    assert "- cifar100, cnn + softmax: 6 epochs against 3: " in text  # what the curve says of the budget
+    headline_rows = text.split("## Headline")[1].split("##")[0]
+    assert headline_rows.count("| cifar100-e3 ") == 5  # the pairs again at the converge budget, paired with softmax
     borrowed = pd.read_parquet(out / "stages" / "cifar100" / "borrowed" / "final.parquet")  # gumbel, softmax's config
     assert list(borrowed["head"]) == ["gumbel"] and borrowed["label"][0].startswith("cnn-gumbel-with-softmax-")
     assert "| cifar100 | cnn    | gumbel  | softmax's searched |" in text
@@ -91,8 +100,13 @@ def test_committed_study_has_its_files():
         assert (COMMITTED / name).is_file(), name
     final = pd.read_parquet(COMMITTED / "final.parquet")
     parts = {p.name: p.seeds for p in study.SCALES["cpu"].parts}
+    under_way = {f"{p.name}-e{p.converge}": p.seeds for p in study.SCALES["cpu"].parts if p.converge}
     sizes = final.groupby(["part", "arch", "head"]).size()
-    assert all(n == parts[part] for (part, _, _), n in sizes.items()), sizes  # every pair has its part's seeds
+    assert all(n == parts[part] for (part, _, _), n in sizes.items() if part in parts), sizes  # every seed
+    # a converge stage spans sessions: its pairs have at most the part's seeds until it is done, then all
+    done = json.loads((COMMITTED / "stages" / "stages.json").read_text())
+    assert all(n == under_way[part] if f"{part.rsplit('-', 1)[0]}/converge" in done else 1 <= n <= under_way[part]
+               for (part, _, _), n in sizes.items() if part not in parts), sizes
     assert set(final[final.part == "cifar100"]["head"]) == set(heads.list_heads())
     text = (COMMITTED / "report.md").read_text()
     assert "not the official" in text  # the split caveat stands next to the numbers
@@ -108,9 +122,9 @@ def test_rerun_skips_finished_stages(tiny, capsys):
     capsys.readouterr()
     assert study.main(["--scale", "tiny", "--work", str(root / "work"), "--out", str(root / "results")]) == 0
     out = capsys.readouterr().out
-    # 2 parts x (search, retrain, report), the curve, the borrowed runs and the longer ones, the 3 arms'
-    # searches and their retrain, the bench
-    assert out.count("skipped") == 14 and "wrote" in out
+    # 2 parts x (search, retrain, report), the curve, converge, the borrowed runs and the longer ones, the 3
+    # arms' searches and their retrain, the bench
+    assert out.count("skipped") == 15 and "wrote" in out
 
 
 @pytest.mark.slow
@@ -135,7 +149,7 @@ def test_a_fresh_clone_goes_on_from_the_committed_stages_and_a_cut_retrain_runs_
                                                 "cifar100-retrain.log").read_text()
     after = {p.name: p.read_text() for p in (keep / "cifar100" / "retrain" / "runs").iterdir()}
     assert set(after) == set(kept) and all(after[n] == kept[n] for n in kept if n not in {p.name for p in runs[:2]})
-    assert len(pd.read_parquet(out / "final.parquet")) == 18
+    assert len(pd.read_parquet(out / "final.parquet")) == 33
 
 
 @pytest.mark.slow
@@ -333,10 +347,57 @@ def test_a_curve_runs_longer_budget_counts_for_the_seed_reports_and_one_seed_is_
         "no, -0.61% on its own")
     table = curve_table(load_curve(None, longer, final))
     assert list(table["arch"]) == ["cnn_keras", "cnn_keras"] and list(table["epochs"]) == [50, 150]
-    assert converged(table, {"cnns": 50}) == [
+    assert converged(table, {"cnns": (50,)}) == [
         "- cnns, cnn_keras + softmax: 150 epochs against 50: +1.59% test accuracy, one seed at each budget: no spread "
         "to judge it by; 150 epochs took 75 min a run against 25 as measured (3.0x; each run's minutes include "
         "whatever shared its cores)."]
+
+
+def test_converge_trains_every_retrained_run_at_its_budget_and_softmax_at_twice_it_reusing_the_curves(tmp_path):
+    """The converge stage: softmax's seed-0 config at 2x the budget first (it trains beside the others), then
+    every retrained (config, seed) at the budget, seed-major; a run the curve stage finished with the same label
+    and seed is copied with its confusion matrices, not trained again."""
+    (tmp_path / "retrain").mkdir()
+    job = lambda head, seed: {"config": {"arch": "a", "head": head, "epochs": 10}, "seed": seed,  # noqa: E731
+                              "label": f"a-{head}"}
+    (tmp_path / "retrain" / "chosen.json").write_text(json.dumps({"jobs": [
+        job(h, s) for s in (0, 1) for h in ("gumbel", "softmax")]}))
+    runs = tmp_path / "curve" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "a-softmax-e20-seed0.json").write_text(json.dumps({"accuracy": 0.6, "confusion_file": "c.npy",
+                                                               "confusion_coarse_file": None}))
+    (tmp_path / "curve" / "c.npy").write_bytes(b"matrix")
+    (runs / "a-softmax-e5-seed0.json").write_text("{}")  # another budget: not this stage's
+    jobs = json.loads(study.converge_jobs(tmp_path, 20).read_text())["jobs"]
+    assert [(j["label"], j["seed"], j["config"]["epochs"]) for j in jobs] == [
+        ("a-softmax-e40", 0, 40), ("a-gumbel-e20", 0, 20), ("a-softmax-e20", 0, 20), ("a-gumbel-e20", 1, 20),
+        ("a-softmax-e20", 1, 20)]
+    kept = tmp_path / "converge"
+    assert sorted(p.name for p in (kept / "runs").iterdir()) == ["a-softmax-e20-seed0.json"]
+    assert json.loads((kept / "runs" / "a-softmax-e20-seed0.json").read_text())["accuracy"] == 0.6
+    assert (kept / "c.npy").read_bytes() == b"matrix"
+
+
+def test_converge_runs_are_curve_points_once_and_each_budget_is_judged_against_the_next(tmp_path):
+    """The converge stage's softmax runs join the curve (the run the curve stage also holds counts once); the
+    retrain's budget and the converge budget are each judged against the next longer one, by its seed spread."""
+    from analysis.study_report import converged, curve_table, load_curve, with_converge
+
+    run = lambda epochs, acc, seed=0, head="softmax": {  # noqa: E731
+        "part": "c", "dataset": "cifar100", "arch": "a", "head": head, "seed": seed, "status": "completed",
+        "epochs": epochs, "accuracy": acc, "epoch_time_s_mean": 60.0, "label": f"a-{head}-e{epochs}"}
+    final = pd.DataFrame([run(10, 0.660, 0), run(10, 0.665, 1), run(10, 0.670, 2)])
+    curve = pd.DataFrame([run(5, 0.61), run(20, 0.690)])
+    converge = pd.DataFrame([run(40, 0.695), run(20, 0.690), run(20, 0.686, 1), run(20, 0.692, 2),
+                             run(20, 0.700, 0, "gumbel")])
+    table = curve_table(load_curve(None, with_converge(curve, converge), final))
+    assert table[["epochs", "seeds"]].values.tolist() == [[5, 1], [10, 3], [20, 3], [40, 1]]
+    lines = converged(table, {"c": (10, 20)})
+    assert [ln.split(": ", 1)[1].split(" (")[0] for ln in lines] == [
+        "20 epochs against 10: +2.43% test accuracy", "40 epochs against 20: +0.57% test accuracy"]
+    assert "beyond the seed spread: not converged" in lines[0]  # seed std at 10: 0.50%
+    assert "within the seed spread: converged for this schedule" in lines[1]  # seed std at 20: 0.31%
+    assert with_converge(curve, pd.DataFrame()) is curve
 
 
 def test_a_borrowed_stage_trains_the_head_with_the_archs_softmax_config_and_says_when_there_is_none(tmp_path):
@@ -422,7 +483,7 @@ def test_a_longer_stages_runs_go_to_the_curve_and_the_borrowed_table_at_their_ow
     row = published_table(final, runs, borrowed).set_index("reported elsewhere").loc["the same CNN with Gumbel-softmax"]
     assert row["same architecture here"] == ("59.80 +- 0.14% (cnn_base + gumbel with softmax's config, 80 epochs, "
                                              "2 seeds, 20 min a run)") and row["beaten"] == "yes, by +0.30%"
-    assert converged(curve_table(load_curve(None, runs, final)), {"cnns": 50})[0].startswith(
+    assert converged(curve_table(load_curve(None, runs, final)), {"cnns": (50,)})[0].startswith(
         "- cnns, cnn_base + softmax: 80 epochs against 50: +0.58% test accuracy, one seed at each budget")
     same = with_longer(runs, borrowed, pd.DataFrame())  # no longer stage (yet): both as they were
     assert same[0] is runs and same[1] is borrowed

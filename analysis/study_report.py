@@ -482,6 +482,19 @@ def answer(final: pd.DataFrame, versus: dict[str, pd.DataFrame], published: pd.D
     return lines
 
 
+def under_way(scale, keep: Path, done: dict) -> list[str]:
+    """A line for each converge stage begun and not ended (it spans sessions): how many of its runs finished."""
+    lines = []
+    for part in scale.parts:
+        folder = keep / part.name / "converge"
+        if part.converge and f"{part.name}/converge" not in done and (folder / "chosen.json").is_file():
+            jobs = json.loads((folder / "chosen.json").read_text())["jobs"]
+            ran = len(list((folder / "runs").glob("*.json")))
+            lines.append(f"- {part.name}-e{part.converge} is under way: {ran} of {len(jobs)} runs finished (its rows "
+                         "have the seeds that did); `make study` trains the rest.")
+    return lines
+
+
 def borrowed_table(final: pd.DataFrame, borrowed: pd.DataFrame, *more: pd.DataFrame) -> pd.DataFrame:
     """Each borrowed (part, arch, head) at each budget: softmax with its searched config (the retrain's or the
     `more` runs of a curve stage), the head with its own (where trained at that budget), and the head with
@@ -563,7 +576,7 @@ def report_lines(scale, trials, history, final, specs, bench, done, command, out
     md = [f"# headsweep study: {scale.name} scale", "",
           "## Answer", "", *answer(final, versus, published, paid, curve_table(curve), budgets,
                                    {p.name: p.cpus_per_task or scale.cpus_per_task for p in scale.parts}),
-          *pays_answer(scale, pays), "",
+          *pays_answer(scale, pays), *under_way(scale, keep, done), "",
           f"{scale.description}", "", f"Made by `{command}`; `make study` reproduces the cpu scale.", "",
           "Data:", "", *[f"- {c}" for c in caveats], "",
           "## Headline", "",

@@ -357,6 +357,10 @@ def test_converge_trains_every_retrained_run_at_its_budget_and_softmax_at_twice_
     """The converge stage: softmax's seed-0 config at 2x the budget first (it trains beside the others), then
     every retrained (config, seed) at the budget, seed-major; a run the curve stage finished with the same label
     and seed is copied with its confusion matrices, not trained again."""
+    from types import SimpleNamespace
+
+    from analysis.study_report import under_way
+
     (tmp_path / "retrain").mkdir()
     job = lambda head, seed: {"config": {"arch": "a", "head": head, "epochs": 10}, "seed": seed,  # noqa: E731
                               "label": f"a-{head}"}
@@ -376,6 +380,12 @@ def test_converge_trains_every_retrained_run_at_its_budget_and_softmax_at_twice_
     assert sorted(p.name for p in (kept / "runs").iterdir()) == ["a-softmax-e20-seed0.json"]
     assert json.loads((kept / "runs" / "a-softmax-e20-seed0.json").read_text())["accuracy"] == 0.6
     assert (kept / "c.npy").read_bytes() == b"matrix"
+    # the report's line while it is under way, none once it ended
+    scale = SimpleNamespace(parts=(study.Part(tmp_path.name, (), converge=20), study.Part("other", ())))
+    assert under_way(scale, tmp_path.parent, {}) == [
+        f"- {tmp_path.name}-e20 is under way: 1 of 5 runs finished (its rows have the seeds that did); `make study` "
+        "trains the rest."]
+    assert under_way(scale, tmp_path.parent, {f"{tmp_path.name}/converge": {"seconds": 1.0}}) == []  # ended
 
 
 def test_converge_runs_are_curve_points_once_and_each_budget_is_judged_against_the_next(tmp_path):

@@ -28,7 +28,8 @@ demo: install
 	$(PY) -m analysis.retrain experiments/demo --seeds 2
 	$(PY) -m analysis.report experiments/demo
 
-# The headline study (results/study-cpu/): search -> retrain (3 seeds) -> budget curve -> report of airnet_s
+# The headline study (results/study-cpu/): search -> retrain (3 seeds) -> budget curve -> the pairs again at
+# the budget the curve picked (converge) -> report of airnet_s
 # x every head on CIFAR-100 plus airnet_s + softmax on Fashion-MNIST: hours on 2 CPU cores (the README says
 # how many). Run it again after a stop, here or on a fresh clone: the committed stages are skipped, the
 # search resumes and the retrain runs only the (config, seed) runs without a file.

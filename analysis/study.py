@@ -344,6 +344,12 @@ def _softmax_job(chosen: dict, stage: str, arch: str | None, purpose: str) -> di
     return job
 
 
+def write_chosen(path: Path, chosen: dict) -> None:
+    """A stage's chosen.json, written once: a rerun (here or on a fresh clone) trains the same jobs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(chosen, indent=1))
+
+
 def _at(job: dict, epochs: int) -> dict:
     """A retrain's job at another budget: its label ends in -e<epochs>."""
     return {**job, "config": {**job["config"], "epochs": epochs}, "label": f"{job['label']}-e{epochs}"}
@@ -358,8 +364,7 @@ def curve_jobs(kept: Path, budgets: tuple[int, ...], arch: str | None = None) ->
         job = _softmax_job(chosen, f"{kept.name}/curve", arch, "to train at other budgets")
         # the longest first: two at once end together
         chosen["jobs"] = [_at(job, e) for e in sorted(budgets, reverse=True)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(chosen, indent=1))
+        write_chosen(path, chosen)
     return path
 
 
@@ -377,8 +382,7 @@ def borrow_jobs(kept: Path, borrow: dict, epochs: int | None) -> Path:
             label = job["label"].replace("-softmax-", f"-{head}-with-softmax-")
             jobs += [{"config": config, "seed": s, "label": label} for s in range(seeds)]
         chosen["jobs"] = jobs
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(chosen, indent=1))
+        write_chosen(path, chosen)
     return path
 
 
@@ -391,8 +395,7 @@ def longer_jobs(kept: Path, borrowed: Path, budgets: tuple[int, ...]) -> Path:
         softmax = [_softmax_job(chosen, f"{kept.name}/longer", arch, "to train at a longer budget")
                    for arch in dict.fromkeys(job["config"]["arch"] for job in borrowed)]
         chosen["jobs"] = [_at(job, e) for e in budgets for job in (*borrowed, *softmax)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(chosen, indent=1))
+        write_chosen(path, chosen)
     return path
 
 
@@ -405,8 +408,7 @@ def converge_jobs(kept: Path, epochs: int) -> Path:
         softmax = _softmax_job(chosen, f"{kept.name}/converge", None, "to judge the budget by")
         # the longest run first: it trains beside the others instead of alone at the end
         chosen["jobs"] = [_at(softmax, 2 * epochs), *[_at(job, epochs) for job in chosen["jobs"]]]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(chosen, indent=1))
+        write_chosen(path, chosen)
         reuse_runs(kept / "curve", path.parent, chosen["jobs"])
     return path
 
@@ -418,14 +420,14 @@ def reuse_runs(src: Path, dst: Path, jobs: list[dict]) -> None:
     from analysis.runs import run_file
 
     for job in jobs:
-        run = run_file(src, job)
-        if run.exists() and not run_file(dst, job).exists():
+        run, copy = run_file(src, job), run_file(dst, job)
+        if run.exists() and not copy.exists():
             row = json.loads(run.read_text())
             for key in ("confusion_file", "confusion_coarse_file"):
                 if row.get(key) and (src / row[key]).exists():
                     shutil.copy(src / row[key], dst / row[key])
-            run_file(dst, job).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(run, run_file(dst, job))
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(run, copy)
 
 
 def run_study(scale: Scale, work: Path, data_dir: str | None, seed: int, keep: Path | None = None,
